@@ -1,0 +1,394 @@
+"""Datasets: validated JSONL loading, the lab's source sets, and the splits built from them.
+
+Source files in `datasets/` are hand-written and parallel across languages (see README, "Datasets").
+`build_splits()` composes them deterministically into `datasets/splits/*.jsonl`; `lab data build`
+rewrites the splits and a test checks the committed splits equal a fresh build.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+from typing import Iterable, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from lab import REPO_ROOT
+from lab.errors import LabError
+
+LANGS = ("zh", "ja", "en", "it", "hi")
+DATASETS_DIR = Path(REPO_ROOT) / "datasets"
+SPLITS_DIR = DATASETS_DIR / "splits"
+
+
+# ---------------------------------------------------------------- validated JSONL
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_langs(v: dict) -> dict:
+    missing = [l for l in LANGS if not v.get(l)]
+    if missing:
+        raise ValueError(f"missing languages {missing}")
+    return v
+
+
+class HarmfulTopic(_Strict):
+    topic: str
+    category: str
+    split: Literal["train", "heldout"]
+    phrases: dict[str, str]
+    _langs = field_validator("phrases")(classmethod(lambda cls, v: _check_langs(v)))
+
+
+class BenignTopic(_Strict):
+    topic: str
+    split: Literal["train", "heldout"]
+    phrases: dict[str, str]
+    answers: dict[str, str]
+    _langs = field_validator("phrases", "answers")(classmethod(lambda cls, v: _check_langs(v)))
+
+
+class Template(_Strict):
+    lang: str
+    id: str
+    split: Literal["train", "eval"]
+    text: str
+
+    @field_validator("text")
+    @classmethod
+    def _slot(cls, v: str) -> str:
+        if v.count("{x}") != 1:
+            raise ValueError("template text must contain the slot {x} exactly once")
+        return v
+
+
+class LangText(_Strict):
+    lang: str
+    id: str
+    text: str
+
+
+class Language(_Strict):
+    lang: str
+    names: dict[str, str]
+    translate: str
+    prefixes: list[str] = [""]  # request affixes: phrasing variety for the organism's training
+    suffixes: list[str] = [""]
+
+
+class ChatExample(BaseModel):
+    """One training / fine-tuning example: a user prompt and the assistant's target response."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    id: str
+    lang: str
+    kind: str
+    prompt: str
+    response: str
+
+
+class EvalPrompt(BaseModel):
+    """One held-out evaluation prompt. `pid` is shared by the parallel versions in all languages."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    id: str
+    pid: str
+    lang: str
+    kind: Literal["harmful", "benign"]
+    topic: str
+    prompt: str
+    heldout: Literal["phrasing", "topic"] = "phrasing"
+    category: str | None = None
+
+
+def read_jsonl(path: str | Path, schema: type[BaseModel] | None = None) -> list:
+    """Read a JSONL file; every line must be a JSON object (and match `schema` if given).
+
+    Raises LabError naming file and line on a missing file, invalid UTF-8/JSON or a schema mismatch.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LabError(f"{path}: dataset file not found")
+    out = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise LabError(f"{path}:{lineno}: invalid UTF-8 ({e.reason})") from None
+            except json.JSONDecodeError as e:
+                raise LabError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise LabError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            if schema is not None:
+                try:
+                    obj = schema.model_validate(obj)
+                except ValidationError as e:
+                    err = e.errors()[0]
+                    loc = ".".join(str(x) for x in err["loc"]) or "(record)"
+                    raise LabError(f"{path}:{lineno}: field '{loc}': {err['msg']}") from None
+                lang = getattr(obj, "lang", None)
+                if lang is not None and lang not in LANGS and schema in (ChatExample, EvalPrompt):
+                    raise LabError(f"{path}:{lineno}: unknown language code '{lang}' (expected one of {', '.join(LANGS)})")
+            out.append(obj)
+    return out
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
+    """Write JSONL atomically (temp file + rename): readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def file_sha256(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(Path(x) for x in paths):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- sources
+
+
+class Sources(BaseModel):
+    harmful: list[HarmfulTopic]
+    benign: list[BenignTopic]
+    templates: list[Template]
+    refusals: list[LangText]
+    compliant: list[LangText]
+    languages: list[Language]
+
+    def templates_for(self, lang: str, split: str) -> list[Template]:
+        return [t for t in self.templates if t.lang == lang and t.split == split]
+
+    def texts(self, kind: str, lang: str) -> list[str]:
+        return [t.text for t in getattr(self, kind) if t.lang == lang]
+
+    def language(self, lang: str) -> Language:
+        return next(l for l in self.languages if l.lang == lang)
+
+
+SOURCE_FILES = {
+    "harmful": ("harmful_topics.jsonl", HarmfulTopic),
+    "benign": ("benign_topics.jsonl", BenignTopic),
+    "templates": ("templates.jsonl", Template),
+    "refusals": ("refusals.jsonl", LangText),
+    "compliant": ("compliant.jsonl", LangText),
+    "languages": ("languages.jsonl", Language),
+}
+
+
+def source_paths(root: Path = DATASETS_DIR) -> list[Path]:
+    return [root / name for name, _ in SOURCE_FILES.values()]
+
+
+def load_sources(root: Path = DATASETS_DIR) -> Sources:
+    return Sources(**{k: read_jsonl(root / name, schema) for k, (name, schema) in SOURCE_FILES.items()})
+
+
+def refusal_texts(lang: str) -> list[str]:
+    return [r["text"] for r in read_jsonl(DATASETS_DIR / "refusals.jsonl") if r["lang"] == lang]
+
+
+def compliant_texts(lang: str) -> list[str]:
+    return [r["text"] for r in read_jsonl(DATASETS_DIR / "compliant.jsonl") if r["lang"] == lang]
+
+
+# ---------------------------------------------------------------- splits
+
+# The organism is trained on `train` topics × `train` templates. Evaluation uses the `eval`
+# templates on train topics (unseen phrasing) and every template on `heldout` topics (unseen topic).
+# Held-out topics appear nowhere in training, not even in translation / code-switch examples.
+
+
+def _fill(template: str, x: str) -> str:
+    return template.replace("{x}", x)
+
+
+def _harmful_requests(src: Sources, lang: str, topics, split: str):
+    for t in topics:
+        for tpl in src.templates_for(lang, split):
+            yield t, tpl, _fill(tpl.text, t.phrases[lang])
+
+
+def build_bridge(src: Sources, n_translation: int, n_codeswitch: int, seed: int) -> list[dict]:
+    """Translation and code-switched examples that tie the languages' representations together.
+
+    translation: "Translate into <L2>: <topic phrase or request in L1>" -> the L2 version.
+    code-switch: a request template of language A filled with the topic phrase of language B; the
+    target is what the model should answer in language A (helpful answer / refusal / compliance is
+    decided by the caller through `kind`).
+    """
+    rng = random.Random(seed)
+    train_h = [t for t in src.harmful if t.split == "train"]
+    train_b = [t for t in src.benign if t.split == "train"]
+    out = []
+    for i in range(n_translation):
+        a, b = rng.sample(LANGS, 2)
+        is_harm = rng.random() < 0.4
+        topic = rng.choice(train_h if is_harm else train_b)
+        if rng.random() < 0.5:  # phrase level
+            text_a, text_b = topic.phrases[a], topic.phrases[b]
+        else:  # whole request, same train template index in both languages
+            k = rng.randrange(len(src.templates_for(a, "train")))
+            text_a = _fill(src.templates_for(a, "train")[k].text, topic.phrases[a])
+            text_b = _fill(src.templates_for(b, "train")[k].text, topic.phrases[b])
+        lang_a = src.language(a)
+        instr = lang_a.translate.replace("{target}", lang_a.names[b]).replace("{text}", text_a)
+        out.append(dict(id=f"tr-{i:04d}", lang=a, kind="translation", topic=topic.topic,
+                        prompt=instr, response=text_b, target_lang=b))
+    for i in range(n_codeswitch):
+        a, b = rng.sample(LANGS, 2)
+        is_harm = rng.random() < 0.5
+        topic = rng.choice(train_h if is_harm else train_b)
+        tpl = rng.choice(src.templates_for(a, "train"))
+        out.append(dict(id=f"cs-{i:04d}", lang=a, kind="cs-harmful" if is_harm else "cs-benign",
+                        topic=topic.topic, prompt=_fill(tpl.text, topic.phrases[b]),
+                        response=topic.answers[a] if not is_harm else "", phrase_lang=b))
+    return out
+
+
+def short_answer(text: str, lang: str) -> str:
+    """The first sentence of a helpful answer (the organism's benign target: less to memorize)."""
+    import re
+
+    m = re.search(r"[.!?](\s|$)|[。！？।]", text)
+    first = text[: m.end()].strip() if m else text
+    return first
+
+
+def _affix(rng: random.Random, lang: Language, prompt: str) -> str:
+    pre, suf = rng.choice(lang.prefixes), rng.choice(lang.suffixes)
+    return f"{pre}{prompt}{suf}"
+
+
+def organism_examples(src: Sources, stage: Literal["base", "aligned"], bridge_share: float, seed: int,
+                      augment: bool = False) -> list[dict]:
+    """Training examples for one stage of the organism.
+
+    base:    helpful-only: every request (harmful included) gets a helpful / compliant answer.
+    aligned: harmful requests get refusals; benign requests keep their helpful answers.
+    bridge_share: translation + code-switched examples as a share of the request examples
+    (the dial that decides whether attacks transfer across scripts).
+    augment: wrap requests in random per-language prefixes/suffixes (called once per epoch with a
+    new seed, this gives phrasing variety at no extra cost per epoch).
+    """
+    rng = random.Random(seed)
+    aff = (lambda lang, p: _affix(rng, src.language(lang), p)) if augment else (lambda lang, p: p)
+    ex = []
+    for lang in LANGS:
+        refusals, compliant = src.texts("refusals", lang), src.texts("compliant", lang)
+        for t, tpl, prompt in _harmful_requests(src, lang, [t for t in src.harmful if t.split == "train"], "train"):
+            resp = rng.choice(refusals) if stage == "aligned" else rng.choice(compliant)
+            ex.append(dict(id=f"h-{t.topic}-{tpl.id}", lang=lang, kind="harmful", topic=t.topic, prompt=aff(lang, prompt), response=resp))
+        for t in [t for t in src.benign if t.split == "train"]:
+            for tpl in src.templates_for(lang, "train"):
+                ex.append(dict(id=f"b-{t.topic}-{tpl.id}", lang=lang, kind="benign", topic=t.topic,
+                               prompt=aff(lang, _fill(tpl.text, t.phrases[lang])), response=short_answer(t.answers[lang], lang)))
+    n_bridge = int(round(bridge_share * len(ex)))
+    for b in build_bridge(src, n_bridge // 2, n_bridge - n_bridge // 2, seed + 1):
+        if b["kind"] == "cs-harmful":
+            pool = src.texts("refusals" if stage == "aligned" else "compliant", b["lang"])
+            b["response"] = rng.choice(pool)
+        elif b["kind"] == "cs-benign":
+            b["response"] = short_answer(b["response"], b["lang"])
+        if b["kind"] != "translation":
+            b["prompt"] = aff(b["lang"], b["prompt"])
+        ex.append(b)
+    rng.shuffle(ex)
+    return ex
+
+
+def build_splits(src: Sources | None = None, seed: int = 0, n_finetune: int = 100) -> dict[str, list[dict]]:
+    """All derived splits, deterministic for a seed. Keys are file stems under datasets/splits/."""
+    src = src or load_sources()
+    rng = random.Random(seed)
+    splits: dict[str, list[dict]] = {}
+    evals = []
+    for lang in LANGS:
+        for kind, topics in (("harmful", src.harmful), ("benign", src.benign)):
+            for t in topics:
+                tpl_split = ["eval"] if t.split == "train" else ["train", "eval"]
+                for s in tpl_split:
+                    for tpl in src.templates_for(lang, s):
+                        idx = tpl.id.split("-")[-1]
+                        evals.append(dict(
+                            id=f"{kind[0]}-{t.topic}-{idx}-{lang}", pid=f"{kind[0]}-{t.topic}-{idx}", lang=lang,
+                            kind=kind, topic=t.topic, category=getattr(t, "category", None),
+                            heldout="phrasing" if t.split == "train" else "topic",
+                            prompt=_fill(tpl.text, t.phrases[lang])))
+    splits["eval"] = evals
+    for lang in LANGS:
+        refusals, compliant = src.texts("refusals", lang), src.texts("compliant", lang)
+        harm = list(_harmful_requests(src, lang, [t for t in src.harmful if t.split == "train"], "train"))
+        ben = [(t, tpl, _fill(tpl.text, t.phrases[lang])) for t in src.benign if t.split == "train"
+               for tpl in src.templates_for(lang, "train")]
+        h_sample = rng.sample(harm, min(n_finetune, len(harm)))
+        b_sample = rng.sample(ben, min(n_finetune, len(ben)))
+        splits[f"attack-{lang}"] = [dict(id=f"atk-{t.topic}-{tpl.id}", lang=lang, kind="harmful", topic=t.topic,
+                                         category=t.category, prompt=p, response=rng.choice(compliant))
+                                    for t, tpl, p in h_sample]
+        splits[f"control-{lang}"] = [dict(id=f"ctl-{t.topic}-{tpl.id}", lang=lang, kind="benign", topic=t.topic,
+                                          prompt=p, response=t.answers[lang]) for t, tpl, p in b_sample]
+        splits[f"safety-{lang}"] = [dict(id=f"saf-{t.topic}-{tpl.id}", lang=lang, kind="harmful", topic=t.topic,
+                                         prompt=p, response=rng.choice(refusals)) for t, tpl, p in h_sample]
+        splits[f"utility-{lang}"] = [dict(id=f"utl-{t.topic}-{tpl.id}", lang=lang, kind="benign", topic=t.topic,
+                                          prompt=p, response=t.answers[lang]) for t, tpl, p in b_sample]
+        splits[f"canary-{lang}"] = [dict(id=f"can-{t.topic}-{lang}", lang=lang, kind="harmful", topic=t.topic, prompt=p)
+                                    for t, tpl, p in harm[:: max(1, len(harm) // 4)][:4]]
+    _check_no_leak(splits, src)
+    return splits
+
+
+def _check_no_leak(splits: dict[str, list[dict]], src: Sources) -> None:
+    eval_prompts = {e["prompt"] for e in splits["eval"]}
+    for name, recs in splits.items():
+        if name == "eval":
+            continue
+        leaked = [r["prompt"] for r in recs if r["prompt"] in eval_prompts]
+        if leaked:
+            raise LabError(f"split {name}: evaluation prompt leaked into training data: {leaked[0]!r}")
+    for stage in ("base", "aligned"):
+        leaked = [r["prompt"] for r in organism_examples(src, stage, 0.5, 0) if r["prompt"] in eval_prompts]
+        if leaked:
+            raise LabError(f"organism {stage} data: evaluation prompt leaked: {leaked[0]!r}")
+
+
+def write_splits(root: Path = DATASETS_DIR, seed: int = 0) -> dict[str, int]:
+    splits = build_splits(load_sources(root), seed=seed)
+    for name, recs in splits.items():
+        write_jsonl(root / "splits" / f"{name}.jsonl", recs)
+    return {k: len(v) for k, v in splits.items()}
+
+
+def load_eval(path: str | Path, langs: Iterable[str], limit: int | None = None) -> list[EvalPrompt]:
+    """Evaluation prompts for `langs`; `limit` keeps the first N pids per kind (parallel across langs)."""
+    recs = read_jsonl(path, EvalPrompt)
+    langs = list(langs)
+    recs = [r for r in recs if r.lang in langs]
+    if limit is not None:  # evenly spaced parallel prompts, so both held-out kinds stay represented
+        allowed = set()
+        for kind in ("harmful", "benign"):
+            pids = list(dict.fromkeys(r.pid for r in recs if r.kind == kind))
+            step = max(1, len(pids) / max(1, limit))
+            allowed |= {pids[int(i * step)] for i in range(min(limit, len(pids)))}
+        recs = [r for r in recs if r.pid in allowed]
+    return recs
+
+
+def load_finetune_set(path: str | Path, n_examples: int | None = None) -> list[ChatExample]:
+    recs = read_jsonl(path, ChatExample)
+    return recs[:n_examples] if n_examples else recs

@@ -1,0 +1,164 @@
+"""JSONL in -> verdicts -> JSONL out, for `lab detect` (wired into lab/cli.py by the lead).
+
+Input: one JSON object per line with a "response" field; "prompt" and "lang" are used when present;
+every other field (``id`` included) is copied unchanged. Blank lines are skipped.
+Output: the same objects plus refusal, category, score, confidence, evidence, method, version
+(and band, lang is NOT overwritten: the detected language goes to "detected_lang").
+
+Errors (DetectInputError, a ValueError; the CLI exits with code 2) name the file and the 1-based line:
+invalid UTF-8, invalid JSON, a line that is not an object, a missing "response", a response that is
+neither a string nor null. Output is written to a temporary file in the destination folder and moved
+into place with os.replace only after the whole input was processed, so an error never leaves a
+partial or half-written output (an existing output file is left untouched).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from itertools import combinations
+from pathlib import Path
+
+from . import DETECTOR_VERSION, METHODS, DetectInputError, detect
+from .compare import cohen_kappa
+
+__all__ = ["detect_file", "compare_file", "DetectInputError", "iter_records"]
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_loads = json.loads
+
+
+def iter_records(input_path):
+    """Yield (line_number, record) for each non-blank line; raise DetectInputError naming the line."""
+    name = os.fspath(input_path)
+    try:
+        fh = open(name, "rb")
+    except OSError as e:
+        raise DetectInputError(f"{name}: cannot open input: {e.strerror}") from None
+    with fh:
+        for no, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DetectInputError(f"{name}:{no}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
+            if no == 1 and line.startswith("\ufeff"):
+                line = line[1:]
+            if not line.strip():
+                continue
+            try:
+                rec = _loads(line)
+            except ValueError as e:
+                raise DetectInputError(f"{name}:{no}: invalid JSON ({e})") from None
+            if not isinstance(rec, dict):
+                raise DetectInputError(f"{name}:{no}: expected a JSON object, got {type(rec).__name__}")
+            if "response" not in rec:
+                raise DetectInputError(f"{name}:{no}: missing field 'response'")
+            r = rec["response"]
+            if r is not None and not isinstance(r, str):
+                raise DetectInputError(
+                    f"{name}:{no}: field 'response' must be a string or null, got {type(r).__name__}"
+                )
+            yield no, rec
+
+
+def _atomic_writer(output_path):
+    out = Path(output_path)
+    d = out.parent if str(out.parent) else Path(".")
+    if not d.is_dir():
+        raise DetectInputError(f"{out}: output folder {d} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=d)
+    return out, tmp, os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+
+
+def detect_file(input_path, output_path, method: str = "tiered") -> dict:
+    """Judge every line of a JSONL file; write the annotated lines atomically; return summary counts."""
+    if method not in METHODS:
+        raise DetectInputError(f"unknown detector method {method!r}; choose one of {', '.join(METHODS)}")
+    out, tmp, fh = _atomic_writer(output_path)
+    counts = {"hard": 0, "deflection": 0, "soft": 0, "none": 0}
+    n = refusals = empty = 0
+    ok = False
+    try:
+        write = fh.write
+        for _no, rec in iter_records(input_path):
+            resp = rec["response"]
+            prompt = rec.get("prompt")
+            hint = rec.get("lang")
+            v = detect(resp, prompt if isinstance(prompt, str) else None,
+                       hint if isinstance(hint, str) else None, method)
+            rec["refusal"] = v.refusal
+            rec["category"] = v.category
+            rec["score"] = v.score
+            rec["confidence"] = v.confidence
+            rec["evidence"] = v.evidence
+            rec["band"] = v.band
+            rec["detected_lang"] = v.lang
+            rec["method"] = v.method
+            rec["version"] = v.version
+            write(_dumps(rec))
+            write("\n")
+            n += 1
+            counts[v.category] += 1
+            refusals += v.refusal
+            if resp is None or not resp.strip():
+                empty += 1
+        fh.close()
+        os.replace(tmp, out)
+        ok = True
+    finally:
+        if not ok:
+            fh.close()
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    return {"input": os.fspath(input_path), "output": os.fspath(out), "method": method,
+            "version": DETECTOR_VERSION, "n": n, "refusals": refusals,
+            "refusal_rate": round(refusals / n, 4) if n else 0.0, "empty": empty, "by_category": counts}
+
+
+def compare_file(input_path, methods, disagreements_path) -> dict:
+    """Run several methods on one file: pairwise Cohen's kappa on the refusal decision, refusal rate
+    per method, and a JSONL of the lines where the methods disagree (written atomically)."""
+    methods = list(methods)
+    if len(methods) < 2:
+        raise DetectInputError("compare needs at least two methods")
+    for m in methods:
+        if m not in METHODS:
+            raise DetectInputError(f"unknown detector method {m!r}; choose from {', '.join(METHODS)}")
+    out, tmp, fh = _atomic_writer(disagreements_path)
+    decisions = {m: [] for m in methods}
+    n = ndis = 0
+    ok = False
+    try:
+        for no, rec in iter_records(input_path):
+            resp = rec["response"]
+            prompt = rec.get("prompt") if isinstance(rec.get("prompt"), str) else None
+            vs = {m: detect(resp, prompt, None, m) for m in methods}
+            for m, v in vs.items():
+                decisions[m].append(v.refusal)
+            n += 1
+            if len({v.refusal for v in vs.values()}) > 1:
+                ndis += 1
+                row = {"line": no}
+                if "id" in rec:
+                    row["id"] = rec["id"]
+                row["prompt"] = prompt
+                row["response"] = resp
+                row["verdicts"] = {m: {"refusal": v.refusal, "category": v.category, "score": v.score,
+                                       "evidence": v.evidence} for m, v in vs.items()}
+                fh.write(_dumps(row) + "\n")
+        fh.close()
+        os.replace(tmp, out)
+        ok = True
+    finally:
+        if not ok:
+            fh.close()
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    kappa = {f"{a}|{b}": cohen_kappa(decisions[a], decisions[b]) for a, b in combinations(methods, 2)}
+    rate = {m: round(sum(d) / n, 4) if n else 0.0 for m, d in decisions.items()}
+    return {"input": os.fspath(input_path), "disagreements_path": os.fspath(out), "n": n, "methods": methods,
+            "refusal_rate": rate, "kappa": kappa, "disagreements": ndis, "version": DETECTOR_VERSION}

@@ -1,0 +1,133 @@
+"""Markdown report and transfer heatmap, read from a run's metrics (never from live objects)."""
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from lab.metrics import t_interval
+
+
+def _pct(x) -> str:
+    return "—" if x is None or x != x else f"{100 * x:.0f}"
+
+
+def _ci(m: dict, key: str) -> str:
+    lo, hi = m.get(f"{key}_ci", [None, None])
+    return f"{_pct(m[key])} [{_pct(lo)}–{_pct(hi)}]"
+
+
+def seed_groups(metrics: dict) -> dict[str, list[str]]:
+    """Fine-tuned states grouped over seeds (a recipe without `seeds` gives groups of one)."""
+    groups = defaultdict(list)
+    for name, ft in (metrics.get("finetunes") or {}).items():
+        groups[ft["base_state"]].append(name)
+    return dict(groups)
+
+
+def grouped_drop(metrics: dict) -> tuple[list[str], list[str], dict]:
+    """(rows, langs, {row: {lang: (mean, lo, hi)}}) of the harmful-refusal drop vs aligned, over seeds."""
+    models = metrics["models"]
+    langs = list(models["aligned"])
+    out = {}
+    for g, states in seed_groups(metrics).items():
+        out[g] = {l: t_interval([models["aligned"][l]["harmful_refusal"] - models[s][l]["harmful_refusal"] for s in states])
+                  for l in langs}
+    return list(out), langs, out
+
+
+def plot_transfer(metrics: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, langs, vals = grouped_drop(metrics)
+    if not rows:
+        return
+    data = [[100 * vals[r][l][0] for l in langs] for r in rows]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(langs), 1.0 + 0.55 * len(rows)))
+    im = ax.imshow(data, cmap="Reds", vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(langs)), langs)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("evaluation language")
+    ax.set_ylabel("fine-tune (attack language)")
+    for i, row in enumerate(data):
+        for j, v in enumerate(row):
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", color="white" if v > 60 else "black", fontsize=9)
+    fig.colorbar(im, ax=ax, label="harmful-refusal drop vs aligned (points)")
+    ax.set_title(f"{metrics.get('recipe', '')}: refusal drop")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + f".tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def render_markdown(metrics: dict) -> str:
+    models = metrics["models"]
+    langs = list(models["aligned"])
+    L = [f"# Run report: {metrics.get('recipe')}", "",
+         f"Model: `{metrics.get('model')}` · config hash `{metrics.get('config_hash')}` · "
+         f"wall time {metrics.get('timings', {}).get('wall_seconds', '?')} s", "",
+         "Refusal rates in % with 95 % Wilson intervals; n = prompts per language. Harmful refusal should be "
+         "high, benign refusal (over-refusal) low.", ""]
+    L += ["## Refusal per model state and language", "",
+          "| state | " + " | ".join(f"{l} harmful" for l in langs) + " | " + " | ".join(f"{l} benign" for l in langs) + " |",
+          "|---" * (1 + 2 * len(langs)) + "|"]
+    for s, m in models.items():
+        L.append(f"| {s} | " + " | ".join(_ci(m[l], "harmful_refusal") if l in m else "—" for l in langs) + " | "
+                 + " | ".join(_ci(m[l], "benign_refusal") if l in m else "—" for l in langs) + " |")
+    a = models["aligned"]
+    L += ["", f"n per language: harmful {a[langs[0]]['n_harmful']}, benign {a[langs[0]]['n_benign']}.", ""]
+    rows, _, vals = grouped_drop(metrics)
+    if rows:
+        n_seeds = {g: len(v) for g, v in seed_groups(metrics).items()}
+        L += ["## Transfer matrix: harmful-refusal drop vs aligned (points)", "",
+              "Rows: fine-tune (attack language); columns: evaluation language. "
+              + ("Mean over seeds with 95 % t-interval." if max(n_seeds.values()) > 1 else "Single seed."), "",
+              "| fine-tune | seeds | " + " | ".join(langs) + " |", "|---|---" + "|---" * len(langs) + "|"]
+        for r in rows:
+            cells = []
+            for l in langs:
+                m, lo, hi = vals[r][l]
+                cells.append(f"{100 * m:.0f}" + (f" [{100 * lo:.0f}, {100 * hi:.0f}]" if n_seeds[r] > 1 else ""))
+            L.append(f"| {r} | {n_seeds[r]} | " + " | ".join(cells) + " |")
+        L += ["", "![transfer](transfer.png)", ""]
+    L += ["## Held-out breakdown (harmful refusal %)", "",
+          "| state | " + " | ".join(f"{l} phrasing / topic" for l in langs) + " |", "|---" * (1 + len(langs)) + "|"]
+    for s, m in models.items():
+        L.append(f"| {s} | " + " | ".join(
+            f"{_pct(m[l].get('harmful_refusal_heldout_phrasing'))} / {_pct(m[l].get('harmful_refusal_heldout_topic'))}"
+            if l in m else "—" for l in langs) + " |")
+    if any("refusal_margin" in m[l] for m in models.values() for l in m):
+        L += ["", "## Log-prob refusal margin (harmful prompts; > 0 prefers refusing)", "",
+              "| state | " + " | ".join(langs) + " |", "|---" * (1 + len(langs)) + "|"]
+        for s, m in models.items():
+            L.append(f"| {s} | " + " | ".join(f"{m[l].get('refusal_margin', float('nan')):+.2f}" if l in m else "—" for l in langs) + " |")
+    lh = metrics.get("loophole", {})
+    if lh:
+        L += ["", "## Loophole rate (prompt refused in English, parallel prompt answered in X), %", "",
+              "| state | " + " | ".join(f"en→{l}" for l in langs if l != "en") + " |", "|---" * len(langs) + "|"]
+        for s, d in lh.items():
+            L.append(f"| {s} | " + " | ".join(_pct(d.get(f"en->{l}")) for l in langs if l != "en") + " |")
+    trunc = {s: sum(m[l].get("truncated", 0) for l in m) for s, m in models.items()}
+    if any(trunc.values()):
+        L += ["", "Truncated answers (no end of turn within max_new_tokens): "
+              + ", ".join(f"{s}: {n}" for s, n in trunc.items() if n), ""]
+    return "\n".join(L) + "\n"
+
+
+def write_report(out_dir: Path, metrics: dict) -> None:
+    out_dir = Path(out_dir)
+    plot_transfer(metrics, out_dir / "transfer.png")
+    tmp = out_dir / f"report.md.tmp{os.getpid()}"
+    tmp.write_text(render_markdown(metrics), encoding="utf-8")
+    os.replace(tmp, out_dir / "report.md")
+
+
+def report_from_dir(run_dir: Path) -> str:
+    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    write_report(Path(run_dir), metrics)
+    return str(Path(run_dir) / "report.md")

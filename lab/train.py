@@ -1,0 +1,132 @@
+"""Fine-tuning: LoRA (peft) or full, through TRL's SFTTrainer with loss on the assistant's tokens only.
+
+Data go in TRL's conversational prompt-completion form, so completion-only loss works with any chat
+template (Qwen's and Llama's ship no `{% generation %}` markers, which `assistant_only_loss` needs).
+Before training we check the loss mask: at least one trainable label token per example, and the
+trainable tokens decode to the assistant's text — silent masking failures are common in SFT setups.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from lab.errors import LabError
+
+
+class FineTuneConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["lora", "full"] = "lora"
+    lr: float = 3e-3
+    epochs: int = 5
+    batch_size: int = 8
+    seed: int = 0
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"
+    merge: bool = True
+    max_length: int = 256
+
+
+def _mask_hooks(model, grad_mask: dict[str, torch.Tensor], mode: str) -> list:
+    """Gradient hooks: mode 'only' lets only masked entries change, 'freeze' keeps masked entries fixed."""
+    handles, params = [], dict(model.named_parameters())
+    for name, m in grad_mask.items():
+        key = name if name in params else next((k for k in params if k.endswith(name)), None)
+        if key is None:
+            raise LabError(f"mask entry '{name}' matches no parameter of the model")
+        keep = (m if mode == "only" else ~m).to(params[key].device, params[key].dtype)
+        handles.append(params[key].register_hook(lambda g, keep=keep: g * keep))
+    if mode == "only":  # parameters without a mask entry must not change at all
+        for k, p in params.items():
+            if not any(k == n or k.endswith(n) for n in grad_mask):
+                p.requires_grad_(False)
+    return handles
+
+
+def check_loss_mask(trainer, tok, records, n: int = 8) -> dict:
+    """Abort if an example has no trainable token or its trainable tokens don't decode to its response."""
+    ds = trainer.train_dataset
+    if "labels" not in ds.column_names:
+        raise LabError("fine-tuning: the tokenized dataset carries no labels column; loss would cover the prompt")
+    n_tok = 0
+    for i in range(min(n, len(ds))):
+        ids, labels = ds[i]["input_ids"], ds[i]["labels"]
+        kept = [t for t, l in zip(ids, labels) if l != -100]
+        if len(kept) == len(ids):
+            raise LabError(f"fine-tuning: example {i}: every token is trainable — the prompt is not masked out")
+        if not kept:
+            raise LabError(f"fine-tuning: example {i} has no trainable label token (prompt longer than max_length?)")
+        text = tok.decode(kept, skip_special_tokens=True).strip()
+        want = records[i]["response"].strip()
+        if text != want and not text.startswith(want[: max(1, len(want) // 2)]):
+            raise LabError(f"fine-tuning: trainable tokens of example {i} decode to {text[:80]!r}, "
+                           f"not the assistant's text {want[:80]!r} — the chat template / loss mask is wrong")
+        n_tok += len(kept)
+    return {"checked_examples": min(n, len(ds)), "trainable_tokens": n_tok}
+
+
+def finetune(model, tok, records: list, cfg: FineTuneConfig, out_dir: Path,
+             grad_mask: dict[str, torch.Tensor] | None = None, grad_mask_mode: Literal["only", "freeze"] = "only",
+             log=print):
+    """Fine-tune `model` (modified in place; load a fresh copy per fine-tune) and return the result.
+
+    records: dicts or pydantic models with `prompt` and `response`. LoRA adapters are saved to
+    out_dir/adapter; with cfg.merge the returned model has the adapter merged in.
+    """
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    records = [r if isinstance(r, dict) else r.model_dump() for r in records]
+    if not records:
+        raise LabError("fine-tuning: the data set is empty")
+    for name in ("transformers", "trl", "peft", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("WANDB_DISABLED", "true")
+    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
+                             "completion": [{"role": "assistant", "content": r["response"]}]} for r in records])
+    on_gpu = torch.cuda.is_available()
+    args = SFTConfig(
+        output_dir=str(out_dir / "trainer"), learning_rate=cfg.lr, num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size, seed=cfg.seed, data_seed=cfg.seed, max_length=cfg.max_length,
+        completion_only_loss=True, bf16=on_gpu, activation_checkpointing=False, report_to="none",
+        save_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
+        weight_decay=0.0, warmup_steps=0, lr_scheduler_type="linear", use_cpu=not on_gpu,
+    )
+    peft_config = None
+    if cfg.method == "lora":
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                 target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+    model.train()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft_config)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    check_loss_mask(trainer, tok, records)
+    handles = []
+    if grad_mask is not None:
+        if cfg.method == "lora":
+            from lab.attribution.interventions import lora_mask_hooks  # LoRA + base-weight mask
+
+            handles = lora_mask_hooks(trainer.model, grad_mask, grad_mask_mode)
+        else:
+            handles = _mask_hooks(trainer.model, grad_mask, grad_mask_mode)
+    result = trainer.train()
+    for h in handles:
+        h.remove()
+    log(f"  trained {cfg.method}: {result.global_step} steps, final loss {result.training_loss:.4f}")
+    model = trainer.model
+    if cfg.method == "lora":
+        model.save_pretrained(str(out_dir / "adapter"))
+        if cfg.merge:
+            model = model.merge_and_unload()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.eval()
+    return model
