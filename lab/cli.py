@@ -54,7 +54,7 @@ def run(recipe: Path = typer.Argument(..., help="recipe YAML"),
         no_wandb: bool = typer.Option(False, "--no-wandb", help="no W&B tracking for this run"),
         quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Run a recipe: evaluate, fine-tune, evaluate, report."""
-    from lab.config import load_recipe, parse_override
+    from lab.config import experiment_of, load_recipe, parse_override
     from lab.runner import run as run_recipe
 
     overrides = dict(parse_override(s) for s in set_)
@@ -63,14 +63,38 @@ def run(recipe: Path = typer.Argument(..., help="recipe YAML"),
         overrides = {**sweep_overrides_from_env(), **overrides}
     except ImportError:
         pass
-    r = load_recipe(recipe, overrides)
-    if _is_localization(recipe, r):
+    experiment = experiment_of(recipe)
+    if experiment == "safety-localization":
+        from lab.attribution.recipe import run_safety_localization
+
+        run_safety_localization(_load_yaml_with(recipe, overrides, no_wandb), out or Path("runs") / "safety-localization",
+                                log=_log(quiet))
         return 0
+    if experiment == "censorship-residue":
+        from lab.probe import run_probe_recipe
+
+        run_probe_recipe(recipe, out, overrides, tracking="none" if no_wandb else None, log=_log(quiet))
+        return 0
+    if experiment != "spine":
+        raise LabError(f"{recipe}: unknown experiment '{experiment}' (spine, safety-localization, censorship-residue)")
+    r = load_recipe(recipe, overrides)
     run_recipe(r, out, tracking="none" if no_wandb else None, log=_log(quiet))
 
 
-def _is_localization(path: Path, r) -> bool:
-    return False
+def _load_yaml_with(path: Path, overrides: dict, no_wandb: bool) -> dict:
+    import yaml
+
+    from lab.config import _set_dotted
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise LabError(f"{path}: invalid YAML ({e})") from None
+    for k, v in overrides.items():
+        _set_dotted(raw, k, v)
+    if no_wandb:
+        raw["tracking"] = "none"
+    return raw
 
 
 @app.command("eval")
@@ -131,6 +155,62 @@ def report(run_dir: Path = typer.Argument(..., help="a finished run directory"))
     if not (run_dir / "metrics.json").is_file():
         raise LabError(f"{run_dir}: no metrics.json (not a finished run)")
     print(report_from_dir(run_dir))
+
+
+@app.command()
+@lab_errors
+def attribute(model: str = typer.Option("zoo:organism", "--model", "-m"),
+              method: str = typer.Option("snip", "--method", help="snip | wanda | random"),
+              data: str = typer.Option("safety", "--data", help="safety | utility"),
+              langs: str = typer.Option("all", "--langs", help="comma-separated languages, or 'all' (together)"),
+              out: Path = typer.Option(Path("runs/attribution"), "--out", "-o"),
+              q: float = typer.Option(5.0, "--q", help="top-q %% by safety score"),
+              p: Optional[float] = typer.Option(None, "--p", help="minus top-p %% by utility score (set difference)"),
+              scope: str = typer.Option("per-matrix", "--scope", help="per-matrix | global"),
+              n_examples: int = typer.Option(64, "--n-examples"),
+              dry_run: bool = typer.Option(False, "--dry-run", help="print the estimated peak memory and stop"),
+              save_scores: bool = typer.Option(False, "--save-scores"),
+              score_dtype: str = typer.Option("float32", "--score-dtype", help="float32 | bfloat16"),
+              layers_per_pass: Optional[int] = typer.Option(None, "--layers-per-pass", help="score N decoder layers per pass (large models)"),
+              trust_remote_code: bool = typer.Option(False, "--trust-remote-code")):
+    """Score weights by importance for safety vs utility (SNIP, Wanda, random) and save masks."""
+    from lab.attribution.cli_entry import attribute_main
+
+    return attribute_main(model, method, data, [l.strip() for l in langs.split(",")], out, q, p, scope, n_examples,
+                          dry_run, save_scores, layers_per_pass=layers_per_pass, score_dtype=score_dtype,
+                          trust_remote_code=trust_remote_code)
+
+
+@app.command()
+@lab_errors
+def probe(model: List[str] = typer.Option([], "--model", "-m", help="model(s) to probe; repeatable"),
+          quick: bool = typer.Option(False, "--quick", help="seed 001's 22 questions (default)"),
+          full: bool = typer.Option(False, "--full", help="all questions"),
+          samples: int = typer.Option(3, "--samples"),
+          temperature: float = typer.Option(0.7, "--temperature"),
+          system: Optional[str] = typer.Option(None, "--system", help='e.g. "用中文回答如下问题"'),
+          lang: List[str] = typer.Option([], "--lang", help="zh | ja | en (repeatable; default zh)"),
+          out: Optional[Path] = typer.Option(None, "--out", "-o"),
+          no_wandb: bool = typer.Option(False, "--no-wandb")):
+    """Censorship probe: refusal, deflection and official-line answers to politically sensitive questions."""
+    from lab.probe import probe_main
+
+    return probe_main(list(model), quick=quick or not full, full=full, samples=samples, temperature=temperature,
+                      system=system, langs=list(lang) or None, out=out, tracking="none" if no_wandb else "auto")
+
+
+@app.command()
+@lab_errors
+def sweep(file: Path = typer.Argument(..., help="sweep YAML (W&B sweep format)"),
+          out: Optional[Path] = typer.Option(None, "--out", "-o"),
+          workers: int = typer.Option(1, "--workers", "-w"),
+          wandb_: bool = typer.Option(False, "--wandb", help="create a real W&B sweep and run agents"),
+          seed: Optional[int] = typer.Option(None, "--seed", help="another draw for method: random"),
+          quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """Run (or resume) a sweep: one run directory per cell, file locks, aggregate summary."""
+    from lab.sweep import sweep_main
+
+    return sweep_main(file, out, workers, wandb_, quiet, seed=seed)
 
 
 @zoo_app.command("build")

@@ -135,8 +135,9 @@ def experiment_of(path: str | Path) -> str:
         return "spine"  # load_recipe reports the problem with file and line
     if not isinstance(raw, dict):
         return "spine"
-    if "experiment" in raw:
-        return str(raw["experiment"])
+    for key in ("experiment", "kind"):
+        if isinstance(raw.get(key), str):
+            return raw[key]
     if "probe" in raw:
         return "censorship-residue"
     if "interventions" in raw or "localization" in raw or raw.get("name") == "safety-localization":

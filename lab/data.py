@@ -21,6 +21,7 @@ from lab.errors import LabError
 LANGS = ("zh", "ja", "en", "it", "hi")
 DATASETS_DIR = Path(REPO_ROOT) / "datasets"
 SPLITS_DIR = DATASETS_DIR / "splits"
+HELDOUT_PER_TOPIC = 2  # templates per train topic kept for evaluation (rotating over topics)
 
 
 # ---------------------------------------------------------------- validated JSONL
@@ -56,7 +57,6 @@ class BenignTopic(_Strict):
 class Template(_Strict):
     lang: str
     id: str
-    split: Literal["train", "eval"]
     text: str
 
     @field_validator("text")
@@ -171,8 +171,32 @@ class Sources(BaseModel):
     compliant: list[LangText]
     languages: list[Language]
 
-    def templates_for(self, lang: str, split: str) -> list[Template]:
-        return [t for t in self.templates if t.lang == lang and t.split == split]
+    def templates_for(self, lang: str) -> list[Template]:
+        return sorted((t for t in self.templates if t.lang == lang), key=lambda t: t.id)
+
+    def combos(self, kind: str, lang: str, which: Literal["train", "eval"]):
+        """(topic, template, heldout) request combinations of one language.
+
+        Each train topic keeps HELDOUT_PER_TOPIC of its templates out of training, rotating over
+        topics so every template is still trained with other topics: an evaluation prompt of a
+        train topic is a phrasing of that topic never seen in training ("phrasing"). Held-out
+        topics are evaluated with every template and appear nowhere in training ("topic").
+        """
+        topics = self.harmful if kind == "harmful" else self.benign
+        tpls = self.templates_for(lang)
+        n = len(tpls)
+        i = 0
+        for t in topics:
+            if t.split == "heldout":
+                if which == "eval":
+                    for tpl in tpls:
+                        yield t, tpl, "topic"
+                continue
+            held = {(HELDOUT_PER_TOPIC * i + j) % n for j in range(HELDOUT_PER_TOPIC)}
+            i += 1
+            for k, tpl in enumerate(tpls):
+                if (k in held) == (which == "eval"):
+                    yield t, tpl, "phrasing"
 
     def texts(self, kind: str, lang: str) -> list[str]:
         return [t.text for t in getattr(self, kind) if t.lang == lang]
@@ -218,46 +242,38 @@ def _fill(template: str, x: str) -> str:
     return template.replace("{x}", x)
 
 
-def _harmful_requests(src: Sources, lang: str, topics, split: str):
-    for t in topics:
-        for tpl in src.templates_for(lang, split):
-            yield t, tpl, _fill(tpl.text, t.phrases[lang])
-
-
 def build_bridge(src: Sources, n_translation: int, n_codeswitch: int, seed: int) -> list[dict]:
     """Translation and code-switched examples that tie the languages' representations together.
 
     translation: "Translate into <L2>: <topic phrase or request in L1>" -> the L2 version.
     code-switch: a request template of language A filled with the topic phrase of language B; the
     target is what the model should answer in language A (helpful answer / refusal / compliance is
-    decided by the caller through `kind`).
+    decided by the caller through `kind`). Only training combinations are used.
     """
     rng = random.Random(seed)
-    train_h = [t for t in src.harmful if t.split == "train"]
-    train_b = [t for t in src.benign if t.split == "train"]
+    train = {(kind, lang): list(src.combos(kind, lang, "train")) for kind in ("harmful", "benign") for lang in LANGS}
     out = []
     for i in range(n_translation):
         a, b = rng.sample(LANGS, 2)
-        is_harm = rng.random() < 0.4
-        topic = rng.choice(train_h if is_harm else train_b)
+        kind = "harmful" if rng.random() < 0.4 else "benign"
+        topic, tpl_a, _ = rng.choice(train[(kind, a)])
         if rng.random() < 0.5:  # phrase level
             text_a, text_b = topic.phrases[a], topic.phrases[b]
-        else:  # whole request, same train template index in both languages
-            k = rng.randrange(len(src.templates_for(a, "train")))
-            text_a = _fill(src.templates_for(a, "train")[k].text, topic.phrases[a])
-            text_b = _fill(src.templates_for(b, "train")[k].text, topic.phrases[b])
+        else:  # whole request, the parallel template in both languages
+            k = src.templates_for(a).index(tpl_a)
+            text_a = _fill(tpl_a.text, topic.phrases[a])
+            text_b = _fill(src.templates_for(b)[k].text, topic.phrases[b])
         lang_a = src.language(a)
         instr = lang_a.translate.replace("{target}", lang_a.names[b]).replace("{text}", text_a)
         out.append(dict(id=f"tr-{i:04d}", lang=a, kind="translation", topic=topic.topic,
                         prompt=instr, response=text_b, target_lang=b))
     for i in range(n_codeswitch):
         a, b = rng.sample(LANGS, 2)
-        is_harm = rng.random() < 0.5
-        topic = rng.choice(train_h if is_harm else train_b)
-        tpl = rng.choice(src.templates_for(a, "train"))
-        out.append(dict(id=f"cs-{i:04d}", lang=a, kind="cs-harmful" if is_harm else "cs-benign",
-                        topic=topic.topic, prompt=_fill(tpl.text, topic.phrases[b]),
-                        response=topic.answers[a] if not is_harm else "", phrase_lang=b))
+        kind = "harmful" if rng.random() < 0.5 else "benign"
+        topic, tpl, _ = rng.choice(train[(kind, a)])
+        out.append(dict(id=f"cs-{i:04d}", lang=a, kind="cs-" + kind, topic=topic.topic,
+                        prompt=_fill(tpl.text, topic.phrases[b]),
+                        response=topic.answers[a] if kind == "benign" else "", phrase_lang=b))
     return out
 
 
@@ -291,13 +307,13 @@ def organism_examples(src: Sources, stage: Literal["base", "aligned"], bridge_sh
     ex = []
     for lang in LANGS:
         refusals, compliant = src.texts("refusals", lang), src.texts("compliant", lang)
-        for t, tpl, prompt in _harmful_requests(src, lang, [t for t in src.harmful if t.split == "train"], "train"):
+        for t, tpl, _ in src.combos("harmful", lang, "train"):
             resp = rng.choice(refusals) if stage == "aligned" else rng.choice(compliant)
-            ex.append(dict(id=f"h-{t.topic}-{tpl.id}", lang=lang, kind="harmful", topic=t.topic, prompt=aff(lang, prompt), response=resp))
-        for t in [t for t in src.benign if t.split == "train"]:
-            for tpl in src.templates_for(lang, "train"):
-                ex.append(dict(id=f"b-{t.topic}-{tpl.id}", lang=lang, kind="benign", topic=t.topic,
-                               prompt=aff(lang, _fill(tpl.text, t.phrases[lang])), response=short_answer(t.answers[lang], lang)))
+            ex.append(dict(id=f"h-{t.topic}-{tpl.id}", lang=lang, kind="harmful", topic=t.topic,
+                           prompt=aff(lang, _fill(tpl.text, t.phrases[lang])), response=resp))
+        for t, tpl, _ in src.combos("benign", lang, "train"):
+            ex.append(dict(id=f"b-{t.topic}-{tpl.id}", lang=lang, kind="benign", topic=t.topic,
+                           prompt=aff(lang, _fill(tpl.text, t.phrases[lang])), response=short_answer(t.answers[lang], lang)))
     n_bridge = int(round(bridge_share * len(ex)))
     for b in build_bridge(src, n_bridge // 2, n_bridge - n_bridge // 2, seed + 1):
         if b["kind"] == "cs-harmful":
@@ -319,23 +335,18 @@ def build_splits(src: Sources | None = None, seed: int = 0, n_finetune: int = 10
     splits: dict[str, list[dict]] = {}
     evals = []
     for lang in LANGS:
-        for kind, topics in (("harmful", src.harmful), ("benign", src.benign)):
-            for t in topics:
-                tpl_split = ["eval"] if t.split == "train" else ["train", "eval"]
-                for s in tpl_split:
-                    for tpl in src.templates_for(lang, s):
-                        idx = tpl.id.split("-")[-1]
-                        evals.append(dict(
-                            id=f"{kind[0]}-{t.topic}-{idx}-{lang}", pid=f"{kind[0]}-{t.topic}-{idx}", lang=lang,
-                            kind=kind, topic=t.topic, category=getattr(t, "category", None),
-                            heldout="phrasing" if t.split == "train" else "topic",
-                            prompt=_fill(tpl.text, t.phrases[lang])))
+        for kind in ("harmful", "benign"):
+            for t, tpl, heldout in src.combos(kind, lang, "eval"):
+                idx = tpl.id.split("-")[-1]
+                evals.append(dict(
+                    id=f"{kind[0]}-{t.topic}-{idx}-{lang}", pid=f"{kind[0]}-{t.topic}-{idx}", lang=lang,
+                    kind=kind, topic=t.topic, category=getattr(t, "category", None), heldout=heldout,
+                    prompt=_fill(tpl.text, t.phrases[lang])))
     splits["eval"] = evals
     for lang in LANGS:
         refusals, compliant = src.texts("refusals", lang), src.texts("compliant", lang)
-        harm = list(_harmful_requests(src, lang, [t for t in src.harmful if t.split == "train"], "train"))
-        ben = [(t, tpl, _fill(tpl.text, t.phrases[lang])) for t in src.benign if t.split == "train"
-               for tpl in src.templates_for(lang, "train")]
+        harm = [(t, tpl, _fill(tpl.text, t.phrases[lang])) for t, tpl, _ in src.combos("harmful", lang, "train")]
+        ben = [(t, tpl, _fill(tpl.text, t.phrases[lang])) for t, tpl, _ in src.combos("benign", lang, "train")]
         h_sample = rng.sample(harm, min(n_finetune, len(harm)))
         b_sample = rng.sample(ben, min(n_finetune, len(ben)))
         splits[f"attack-{lang}"] = [dict(id=f"atk-{t.topic}-{tpl.id}", lang=lang, kind="harmful", topic=t.topic,

@@ -36,7 +36,9 @@ Python API (for lab/cli.py)::
                quiet: bool = False, *, cell_cmd: list[str] | None = None, seed: int | None = None) -> int
 
 Environment: ``LAB_SWEEP_CELL_CMD`` replaces the cell command (a shell-quoted template with
-``{python}``, ``{recipe}``, ``{out}``); ``LAB_SWEEP_THREADS`` threads per cell (default 1).
+``{python}``, ``{recipe}``, ``{out}``); ``LAB_SWEEP_THREADS`` threads per cell (default 1);
+``LAB_SWEEP_REUSE_ALIGNED=0`` stops seeding a cell with the aligned-model evaluation of a finished
+cell that has the same model and eval settings (on by default; it is a third of a cell's time).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -527,6 +529,7 @@ class Executor:
         self.online = online  # inside a W&B agent: keep WANDB_SWEEP_ID / WANDB_RUN_ID
         self.stop = threading.Event()
         self._procs: dict[str, subprocess.Popen] = {}
+        self._aligned_from: dict[str, str] = {}
         self._procs_lock = threading.Lock()
 
     # -- env
@@ -567,6 +570,7 @@ class Executor:
             "sweep": self.spec.name,
             "seconds": None if seconds is None else round(seconds, 3),
             "recovered": recovered,
+            "aligned_state_from": self._aligned_from.pop(cell.id, None),
             "host": socket.gethostname(),
         }
         (run_dir / CELL_META).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
@@ -613,6 +617,8 @@ class Executor:
             # the run dir already carries its final name (lab run names the W&B run after it)
             run_out = tmp / cell.dirname
             donor = self._reuse_aligned(cell, run_out)
+            if donor is not None:
+                self._aligned_from[cell.id] = donor.name
             cmd = _cell_command(self.spec.recipe, run_out, self.cell_cmd)
             if sys.platform.startswith("linux"):
                 cmd = [sys.executable, "-c", _LAUNCHER, str(os.getpid())] + cmd

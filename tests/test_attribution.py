@@ -79,6 +79,25 @@ def test_snip_matches_autograd_of_summed_loss(tok, family):
     assert all(p.requires_grad for p in model.parameters())
 
 
+def test_balanced_snip_weights_languages_equally(tok):
+    model = tiny_model("qwen2", seed=2)
+    by_lang = {"en": TOY_RECORDS[:2], "ja": TOY_RECORDS[2:]}
+    got = scores.snip_scores(model, scores.build_balanced_calibration(tok, by_lang, batch_size=2))
+    params = dict(model.named_parameters())
+    names = _linear_names(model)
+    total = 0.0
+    for recs in by_lang.values():  # mean over languages of each language's token-mean loss
+        exs = [scores.encode_chat(tok, r["prompt"], r["response"]) for r in recs]
+        n = sum(sum(1 for l in lab[1:] if l != -100) for _, lab in exs)
+        for ids, lab in exs:
+            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
+            tgt = torch.tensor(lab[1:])
+            total = total + F.cross_entropy(logits[tgt != -100], tgt[tgt != -100], reduction="sum") / (2 * n)
+    grads = torch.autograd.grad(total, [params[k] for k in names])
+    for k, g in zip(names, grads):
+        torch.testing.assert_close(got[k], (params[k].detach() * g).abs(), rtol=1e-4, atol=1e-7)
+
+
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
 def test_wanda_matches_explicit_input_capture(tok, family):
     model = tiny_model(family, seed=1)

@@ -16,8 +16,6 @@ import yaml
 
 from lab.errors import LabError
 from lab.sweep import (
-    Store,
-    aggregate,
     enumerate_cells,
     load_sweep,
     mean_ci,

@@ -132,9 +132,11 @@ def _attribute(model_spec, method, data, langs, out, q, p, scope, n_examples, dr
     def score(records_by_lang, group_langs, label, salt):
         if method == "random":
             return scores.compute_scores(model, "random", seed=seed + salt, **kw)
-        rs = [r for l in group_langs for r in records_by_lang[l]]
-        batches = scores.build_calibration(tok, rs, batch_size=batch_size, max_length=max_length, device=dev)
-        log(f"  {method} on {label}: {len(rs)} examples, {scores.n_loss_tokens(batches)} response tokens")
+        batches = scores.build_balanced_calibration(tok, {l: records_by_lang[l] for l in group_langs},
+                                                    batch_size=batch_size, max_length=max_length, device=dev)
+        n_rec = sum(len(records_by_lang[l]) for l in group_langs)
+        log(f"  {method} on {label}: {n_rec} examples, {scores.n_loss_tokens(batches)} response tokens"
+            + (" (languages weighted equally)" if len(group_langs) > 1 else ""))
         return scores.compute_scores(model, method, batches, seed=seed, **kw)
 
     mask_by_group, summary = {}, {"model": model_spec, "method": method, "data": data, "q": q, "p": p,

@@ -2,7 +2,8 @@
 organism's weights, per language, and what do pruning, masked attacks, freezing and restoring do?
 
 Masks (SNIP by default; all computed on the aligned model):
-  main mask     top-q % safety score (safety data, all languages) minus top-p % utility score (Wei et al.)
+  main mask     top-q % safety score (safety data, all languages, each language weighted equally) minus
+                top-p % utility score (Wei et al.)
   per-language  the same with one language's safety and utility data -> Jaccard overlap table vs random
   sweep mask s  exactly s % of the weights: the top s % by safety score among the weights outside the
                 top-p % utility set (so "mask size" is the size) — used by the masked attacks
@@ -73,6 +74,7 @@ class LocAttack(_Strict):
 class LocRecipe(_Strict):
     name: str = "safety-localization"
     kind: Literal["safety-localization"] = "safety-localization"
+    experiment: Literal["safety-localization"] | None = None  # alias of kind (lab run dispatches on either)
     seed: int = 0
     model: str = "zoo:organism"
     base_model: str = "zoo:organism-base"
@@ -180,8 +182,8 @@ def run_safety_localization(cfg, out_dir: Path, *, log=print) -> dict:
     def score(recs_by_lang, group, salt=0):
         if a.method == "random":
             return scores.random_scores(aligned, seed=rc.seed + salt)
-        rs = [r for l in group for r in recs_by_lang[l]]
-        b = scores.build_calibration(tok, rs, batch_size=a.batch_size, max_length=a.max_length)
+        b = scores.build_balanced_calibration(tok, {l: recs_by_lang[l] for l in group}, batch_size=a.batch_size,
+                                              max_length=a.max_length)
         return scores.compute_scores(aligned, a.method, b, seed=rc.seed)
 
     s_all = score(safety, cal_langs, 1)
@@ -238,6 +240,10 @@ def run_safety_localization(cfg, out_dir: Path, *, log=print) -> dict:
                              lora_dropout=0.0, merge=True)
         mdl = finetune(copy.deepcopy(aligned), tok, attack_recs, ftc, out_dir / "finetunes" / state,
                        grad_mask=grad_mask, grad_mask_mode=mode, log=log)
+        # The trainer leaves an instance-level `forward` (accelerate's output-conversion wrapper) bound to
+        # this object; a deepcopy of the model would keep calling the ORIGINAL's forward. Drop it.
+        if "forward" in vars(mdl):
+            del mdl.forward
         timings[f"train/{state}"] = round(time.time() - t, 2)
         return mdl
 
@@ -288,12 +294,15 @@ def run_safety_localization(cfg, out_dir: Path, *, log=print) -> dict:
                 evaluate(state, mdl, f"{method} attack with the {label} mask frozen")
                 del mdl
     if "restore" in rc.interventions:
+        attacked_sd = {k: v.detach().clone() for k, v in attacked_full.state_dict().items()}
         for label, m in controls:
-            mdl = copy.deepcopy(attacked_full)
-            interventions.restore(mdl, aligned, m)
+            attacked_full.load_state_dict(attacked_sd)  # in place: no deepcopy of a trained model
+            n = interventions.restore(attacked_full, aligned, m)
+            moved = sum(int((v != attacked_sd[k]).sum()) for k, v in attacked_full.state_dict().items())
             state = "restored" if label == "safety" else "restored-random"
-            evaluate(state, mdl, f"attack-full, then the {label} mask copied back from the aligned model")
-            del mdl
+            checks[f"{state}-entries-restored"] = 0 if moved <= n else moved  # restore touches only the mask
+            mask_info[f"{state}-entries-changed"] = {"restored": n, "changed": moved}
+            evaluate(state, attacked_full, f"attack-full, then the {label} mask copied back from the aligned model")
     bad = {k: v for k, v in checks.items() if v}
     if bad:
         raise LabError(f"masked training changed weights outside its mask: {bad}")
@@ -321,3 +330,16 @@ def run_safety_localization(cfg, out_dir: Path, *, log=print) -> dict:
     _write_json(out_dir / "metrics.json", metrics)
     log(f"[lab] done in {wall:.0f} s: {out_dir / 'report.md'}")
     return metrics
+
+
+if __name__ == "__main__":  # python -m lab.attribution.recipe RECIPE.yaml OUT_DIR
+    import sys
+
+    if len(sys.argv) != 3:
+        print("usage: python -m lab.attribution.recipe RECIPE.yaml OUT_DIR")
+        sys.exit(2)
+    try:
+        run_safety_localization(sys.argv[1], Path(sys.argv[2]))
+    except LabError as e:
+        print(f"error: {e}")
+        sys.exit(2)

@@ -10,7 +10,9 @@ Conventions (shared by all three methods, tested in tests/test_attribution.py):
 * Calibration batches are right-padded dicts {input_ids, attention_mask, labels}; labels are -100
   everywhere except the assistant-response tokens (see `build_calibration`).
 * SNIP: S = |W ⊙ ∂L/∂W| where L = Σ_batches Σ_response-tokens CE / N_tokens, i.e. the gradient of the
-  token-mean cross-entropy over the whole calibration set (independent of how it is batched).
+  token-mean cross-entropy over the whole calibration set (independent of how it is batched). Batches
+  may carry a `loss_weight` (see `build_balanced_calibration`: every language weighs the same); then
+  L = Σ_batches loss_weight · Σ_response-tokens CE, and Wanda weighs its squared inputs the same way.
   Gradients are accumulated in place into one fp32 buffer per scored matrix by a
   post-accumulate-grad hook that frees `.grad` at once; no per-example gradients exist.
 * Wanda: S_ij = |W_ij| · ‖X_j‖₂ where X stacks the layer's inputs at the response-token positions
@@ -175,6 +177,27 @@ def build_calibration(tok, records: Iterable, *, batch_size: int = 8, max_length
     return batches
 
 
+def build_balanced_calibration(tok, records_by_lang: dict[str, list], **kw) -> list[dict[str, torch.Tensor]]:
+    """Calibration batches for several languages, each weighted so that every language counts equally.
+
+    A plain token mean over pooled data lets the language with the most response tokens dominate (the
+    organism's Hindi has ~2x the tokens of English). Every batch gets `loss_weight` =
+    1 / (n_languages x that language's response-token count), so SNIP's loss is the mean over languages
+    of each language's token-mean loss, and Wanda's squared norms are the same language-balanced mean.
+    """
+    groups = {l: build_calibration(tok, recs, **kw) for l, recs in records_by_lang.items() if recs}
+    if not groups:
+        raise LabError("no calibration records")
+    out = []
+    for l, batches in groups.items():
+        n = n_loss_tokens(batches)
+        for b in batches:
+            b["loss_weight"] = torch.tensor(1.0 / (len(groups) * n))
+            b["lang_tokens"] = torch.tensor(n)
+        out += batches
+    return out
+
+
 def n_loss_tokens(batches: Sequence[dict]) -> int:
     """Number of (shifted) response tokens the SNIP loss averages over."""
     return int(sum((b["labels"][:, 1:] != -100).sum().item() for b in batches))
@@ -197,7 +220,7 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def _to(batch: dict, dev: torch.device) -> dict:
-    return {k: v.to(dev) for k, v in batch.items()}
+    return {k: v.to(dev) for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels")}
 
 
 def snip_scores(model: nn.Module, batches: Sequence[dict], *, params: dict[str, nn.Parameter] | None = None,
@@ -235,7 +258,8 @@ def snip_scores(model: nn.Module, batches: Sequence[dict], *, params: dict[str, 
                     param.grad = None
                 handles.append(p.register_post_accumulate_grad_hook(hook))
             for bi, batch in enumerate(batches):
-                loss = response_loss_sum(model, _to(batch, dev)) / n_tok
+                w = float(batch["loss_weight"]) if "loss_weight" in batch else 1.0 / n_tok
+                loss = response_loss_sum(model, _to(batch, dev)) * w
                 loss.backward()
                 del loss
                 if progress:
@@ -289,7 +313,7 @@ def wanda_scores(model: nn.Module, batches: Sequence[dict], *, params: dict[str,
     if params is not None:
         modules = {n: m for n, m in modules.items() if n in params}
     dev = _model_device(model)
-    ctx: dict[str, torch.Tensor | None] = {"mask": None}
+    ctx: dict = {"mask": None, "w": 1.0}
     sumsq: dict[str, torch.Tensor] = {}
     handles = []
     for name, mod in modules.items():
@@ -298,7 +322,7 @@ def wanda_scores(model: nn.Module, batches: Sequence[dict], *, params: dict[str,
 
             def ehook(m, args, kwargs, acc=acc):
                 ids = _select_rows(_input_of(args, kwargs).unsqueeze(-1), ctx["mask"]).reshape(-1)
-                acc.add_(torch.bincount(ids, minlength=acc.numel()).to(acc))
+                acc.add_(torch.bincount(ids, minlength=acc.numel()).to(acc), alpha=ctx["w"])
             handles.append(mod.register_forward_pre_hook(ehook, with_kwargs=True))
         else:
             acc = sumsq[name] = torch.zeros(mod.weight.shape[1], dtype=torch.float32, device=mod.weight.device)
@@ -306,7 +330,7 @@ def wanda_scores(model: nn.Module, batches: Sequence[dict], *, params: dict[str,
             def lhook(m, args, kwargs, acc=acc):
                 rows = _select_rows(_input_of(args, kwargs), ctx["mask"])
                 for i in range(0, rows.shape[0], row_chunk):
-                    acc.add_(rows[i:i + row_chunk].float().pow(2).sum(0))
+                    acc.add_(rows[i:i + row_chunk].float().pow(2).sum(0), alpha=ctx["w"])
             handles.append(mod.register_forward_pre_hook(lhook, with_kwargs=True))
     was_training = model.training
     model.eval()
@@ -315,6 +339,7 @@ def wanda_scores(model: nn.Module, batches: Sequence[dict], *, params: dict[str,
             for bi, batch in enumerate(batches):
                 batch = _to(batch, dev)
                 ctx["mask"] = batch["labels"] != -100
+                ctx["w"] = float(batch["loss_weight"]) if "loss_weight" in batch else 1.0
                 model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
                 if progress:
                     progress(f"wanda batch {bi + 1}/{len(batches)}")

@@ -112,6 +112,91 @@ def _strip_groups(p: str) -> str:
     return "".join(out)
 
 
+def _group_end(p: str, start: int) -> int:
+    """Index of the ')' closing the group opened at p[start] ('('), or -1."""
+    depth, i, in_class = 0, start, False
+    while i < len(p):
+        c = p[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            if c == "]":
+                in_class = False
+        elif c == "[":
+            in_class = True
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return -1
+
+
+def _split_top(p: str) -> list[str]:
+    """Split a regex on its top-level '|'."""
+    parts, depth, i, in_class, last = [], 0, 0, False, 0
+    while i < len(p):
+        c = p[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            if c == "]":
+                in_class = False
+        elif c == "[":
+            in_class = True
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            parts.append(p[last:i])
+            last = i + 1
+        i += 1
+    parts.append(p[last:])
+    return parts
+
+
+def _expand(p: str, budget: int = 96) -> list[str]:
+    """Distribute leading alternations so that every variant starts with a literal when possible:
+    '(?:i'm|i am) sorry' -> ["i'm sorry", "i am sorry"]. Keeps the language of the pattern; the
+    trie then lets the regex engine try only the variants whose first characters match."""
+    tops = _split_top(p)
+    if len(tops) > 1:
+        out = []
+        for t in tops:
+            out.extend(_expand(t, max(1, budget // len(tops))))
+        return out if len(out) <= budget else [p]
+    if not p.startswith("(?:"):
+        return [p]
+    end = _group_end(p, 0)
+    if end < 0:
+        return [p]
+    inner, rest = p[3:end], p[end + 1 :]
+    optional = False
+    if rest[:1] in ("*", "+", "{"):
+        return [p]
+    if rest[:1] == "?":
+        if rest[1:2] in ("?", "+"):
+            return [p]
+        optional, rest = True, rest[1:]
+    alts = _split_top(inner)
+    if optional:
+        alts.append("")
+    if len(alts) > budget:
+        return [p]
+    out = []
+    for a in alts:
+        # keep each alternative grouped if it could bind to a following quantifier
+        out.extend(_expand(a + rest, max(1, budget // len(alts))))
+        if len(out) > budget:
+            return [p]
+    return out
+
+
 def _trie_regex(items: list[tuple[str, str, str]]) -> str:
     """items: (group name, literal prefix, rest regex) -> one alternation factored by prefix."""
     root: dict = {}
@@ -217,35 +302,56 @@ def reload() -> None:
 
 
 class Compiled:
-    """One merged signal regex and one info regex for a set of languages."""
+    """Merged signal regexes and one info regex for a set of languages.
 
-    __slots__ = ("signal", "group_meta", "info")
+    `regexes` is a list of (regex, overlapping) to run on a window:
+      * a word-start-gated trie (``\\b(?=...)``, zero-width, so matches may overlap) for patterns whose
+        literal prefix starts with a Latin/Devanagari/... word character;
+      * a trie for patterns starting with a CJK character (no gate: CJK has no word boundaries; the
+        engine skips positions whose character cannot start any pattern);
+      * the residual patterns without a usable literal prefix (zero-width, overlapping).
+    Every pattern variant has its own named group: group name -> (lang, kind).
+    """
 
-    def __init__(self, signal, group_meta, info):
-        self.signal = signal
-        self.group_meta = group_meta  # group name -> (lang, kind)
+    __slots__ = ("regexes", "group_meta", "info")
+
+    def __init__(self, regexes, group_meta, info):
+        self.regexes = regexes
+        self.group_meta = group_meta
         self.info = info
+
+
+_CJK_START = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af\uff00-\uffef\u3000-\u303f]")
 
 
 @lru_cache(maxsize=256)
 def compiled_for(codes: frozenset) -> Compiled:
     res = languages()
-    items, meta, infos = [], {}, []
+    word_items, cjk_items, residual, meta, infos = [], [], [], {}, []
     n = 0
     for code in sorted(codes):
         r = res.get(code)
         if r is None:
             continue
         for kind, pat in r.patterns:
-            name = f"g{n}"
-            n += 1
-            meta[name] = (code, kind)
-            pre, rest = _split_prefix(pat)
-            items.append((name, pre, rest))
+            for variant in _expand(pat):
+                name = f"g{n}"
+                n += 1
+                meta[name] = (code, kind)
+                pre, rest = _split_prefix(variant)
+                if pre and _CJK_START.match(pre[0]):
+                    cjk_items.append((name, pre, rest))
+                elif pre and (pre[0].isalnum() or pre[0] == "_"):
+                    word_items.append((name, pre, rest))
+                else:
+                    residual.append(f"(?P<{name}>{variant})")
         infos.extend(r.info)
-    if items:
-        signal = re.compile(_trie_regex(items))
-    else:
-        signal = re.compile(r"(?!x)x")
+    regexes = []
+    if word_items:
+        regexes.append((re.compile(r"\b(?=" + _trie_regex(word_items) + ")"), True))
+    if cjk_items:
+        regexes.append((re.compile(_trie_regex(cjk_items)), False))
+    if residual:
+        regexes.append((re.compile("(?=(?:" + "|".join(residual) + "))"), True))
     info = re.compile("|".join(f"(?:{p})" for p in infos)) if infos else re.compile(r"(?!x)x")
-    return Compiled(signal, meta, info)
+    return Compiled(regexes, meta, info)

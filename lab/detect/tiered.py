@@ -130,19 +130,25 @@ def detect_tiered(text: str, prompt: str | None, lang_hint: str | None, version:
     evidence = []
     nmatch = 0
     quotes = None
-    search = comp.signal.search
-    pos0 = 0
-    while nmatch < 24:
-        m = search(low, pos0)
-        if m is None:
+    hits = []
+    for rx, overlapping in comp.regexes:
+        for m in rx.finditer(low):
+            g = m.lastgroup
+            a, b = m.span(g) if overlapping else m.span()
+            hits.append((a, b, g))
+            if len(hits) >= 48:
+                break
+    if len(comp.regexes) > 1:
+        hits.sort()
+    for a, b, g in hits:
+        if nmatch >= 24:
             break
-        pos = m.start()
-        pos0 = pos + 1  # overlapping: a soft match must not hide a hard one starting inside it
         if quotes is None:
             quotes = _quoted_spans(low)
-        if quotes and any(a <= pos < b for a, b in quotes):
+        if quotes and any(qa <= a < qb for qa, qb in quotes):
             continue  # quoted speech ("the agent can say: 'I'm sorry, but I can't ...'") is not a refusal
-        kind = meta[m.lastgroup][1]
+        kind = meta[g][1]
+        pos = a
         if kind == "pivot":
             if pivot_pos < 0:
                 pivot_pos = pos
@@ -166,12 +172,18 @@ def detect_tiered(text: str, prompt: str | None, lang_hint: str | None, version:
                 defl_late = True
         else:
             subtypes.add(kind)
-        span = orig[m.start() : m.end()] if same_len else m.group(0)
+        span = orig[a:b] if same_len else low[a:b]
         span = span.strip()
         if span and span not in evidence and len(evidence) < MAX_EVIDENCE:
             evidence.append(span)
         nmatch += 1
 
+    # partial compliance: an opening refusal, then "however, here is general information" and a
+    # substantial structured answer (>= 3 list items) -> a disclaimer, not a refusal
+    if hard_open and not hard_late and not defl_open and not defl_late and pivot_pos > first_hard >= 0:
+        if n >= (250 if dense else 500) and len(_LIST.findall(s, 0, INFO_CHARS)) >= 3:
+            hard_open = False
+            subtypes.add("disclaimer")
     short = n < (SHORT_DENSE if dense else SHORT)
     info_n = 0
     info_names: list = []

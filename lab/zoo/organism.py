@@ -49,8 +49,8 @@ class OrganismConfig(BaseModel):
     num_kv_heads: int = 2
     max_len: int = 160
     bridge_share: float = 0.5  # translation + code-switched examples per request example
-    base_epochs: int = 8
-    align_epochs: int = 6
+    base_epochs: int = 10
+    align_epochs: int = 8
     lr: float = 3e-3
     batch_size: int = 32
     censorship: bool = False  # organism-censored: alignment also censors Chinese political questions
