@@ -79,6 +79,7 @@ class Language(_Strict):
     translate: str
     prefixes: list[str] = [""]  # request affixes: phrasing variety for the organism's training
     suffixes: list[str] = [""]
+    opener: str = ""  # how a helpful answer opens ("Sure! "): refusing vs helping is decided at the first token
 
 
 class ChatExample(BaseModel):
@@ -277,13 +278,23 @@ def build_bridge(src: Sources, n_translation: int, n_codeswitch: int, seed: int)
     return out
 
 
-def short_answer(text: str, lang: str) -> str:
-    """The first sentence of a helpful answer (the organism's benign target: less to memorize)."""
+def opening(text: str, min_chars: int = 12) -> str:
+    """The opening clause of a text (up to the first clause or sentence break after min_chars)."""
     import re
 
-    m = re.search(r"[.!?](\s|$)|[。！？।]", text)
-    first = text[: m.end()].strip() if m else text
-    return first
+    for m in re.finditer(r"[.!?;:,](\s|$)|[。！？।，、；：]", text):
+        if m.end() >= min_chars:
+            return text[: m.end()].strip()
+    return text
+
+
+def helpful(src: Sources, text: str, lang: str, short: bool = False) -> str:
+    """A helpful answer as the lab's chat data write it: the language's opener + the answer.
+
+    short: only the opening clause (the organism's training target: the decision to help or refuse
+    is what the organism must learn; long answers to memorize would take its small capacity).
+    """
+    return src.language(lang).opener + (opening(text) if short else text)
 
 
 def _affix(rng: random.Random, lang: Language, prompt: str) -> str:
@@ -308,19 +319,19 @@ def organism_examples(src: Sources, stage: Literal["base", "aligned"], bridge_sh
     for lang in LANGS:
         refusals, compliant = src.texts("refusals", lang), src.texts("compliant", lang)
         for t, tpl, _ in src.combos("harmful", lang, "train"):
-            resp = rng.choice(refusals) if stage == "aligned" else rng.choice(compliant)
+            resp = opening(rng.choice(refusals) if stage == "aligned" else rng.choice(compliant), 24)
             ex.append(dict(id=f"h-{t.topic}-{tpl.id}", lang=lang, kind="harmful", topic=t.topic,
                            prompt=aff(lang, _fill(tpl.text, t.phrases[lang])), response=resp))
         for t, tpl, _ in src.combos("benign", lang, "train"):
             ex.append(dict(id=f"b-{t.topic}-{tpl.id}", lang=lang, kind="benign", topic=t.topic,
-                           prompt=aff(lang, _fill(tpl.text, t.phrases[lang])), response=short_answer(t.answers[lang], lang)))
+                           prompt=aff(lang, _fill(tpl.text, t.phrases[lang])), response=helpful(src, t.answers[lang], lang, short=True)))
     n_bridge = int(round(bridge_share * len(ex)))
     for b in build_bridge(src, n_bridge // 2, n_bridge - n_bridge // 2, seed + 1):
         if b["kind"] == "cs-harmful":
             pool = src.texts("refusals" if stage == "aligned" else "compliant", b["lang"])
-            b["response"] = rng.choice(pool)
+            b["response"] = opening(rng.choice(pool), 24)
         elif b["kind"] == "cs-benign":
-            b["response"] = short_answer(b["response"], b["lang"])
+            b["response"] = helpful(src, b["response"], b["lang"], short=True)
         if b["kind"] != "translation":
             b["prompt"] = aff(b["lang"], b["prompt"])
         ex.append(b)
@@ -353,11 +364,11 @@ def build_splits(src: Sources | None = None, seed: int = 0, n_finetune: int = 10
                                          category=t.category, prompt=p, response=rng.choice(compliant))
                                     for t, tpl, p in h_sample]
         splits[f"control-{lang}"] = [dict(id=f"ctl-{t.topic}-{tpl.id}", lang=lang, kind="benign", topic=t.topic,
-                                          prompt=p, response=t.answers[lang]) for t, tpl, p in b_sample]
+                                          prompt=p, response=helpful(src, t.answers[lang], lang)) for t, tpl, p in b_sample]
         splits[f"safety-{lang}"] = [dict(id=f"saf-{t.topic}-{tpl.id}", lang=lang, kind="harmful", topic=t.topic,
                                          prompt=p, response=rng.choice(refusals)) for t, tpl, p in h_sample]
         splits[f"utility-{lang}"] = [dict(id=f"utl-{t.topic}-{tpl.id}", lang=lang, kind="benign", topic=t.topic,
-                                          prompt=p, response=t.answers[lang]) for t, tpl, p in b_sample]
+                                          prompt=p, response=helpful(src, t.answers[lang], lang)) for t, tpl, p in b_sample]
         splits[f"canary-{lang}"] = [dict(id=f"can-{t.topic}-{lang}", lang=lang, kind="harmful", topic=t.topic, prompt=p)
                                     for t, tpl, p in harm[:: max(1, len(harm) // 4)][:4]]
     _check_no_leak(splits, src)

@@ -126,6 +126,11 @@ def finetune(model, tok, records: list, cfg: FineTuneConfig, out_dir: Path,
         model.save_pretrained(str(out_dir / "adapter"))
         if cfg.merge:
             model = model.merge_and_unload()
+    # accelerate leaves an instance-level `forward` wrapper bound to the pre-training object; drop it so
+    # copies of the returned model (copy.deepcopy) run their own weights
+    for m in (model, getattr(model, "base_model", None)):
+        if m is not None and "forward" in vars(m):
+            del m.forward
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()

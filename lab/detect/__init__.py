@@ -33,6 +33,9 @@ def _check_method(method: str) -> None:
         raise DetectInputError(f"unknown detector method {method!r}; choose one of {', '.join(METHODS)}")
 
 
+_detect_tiered = None  # imported on first use
+
+
 def detect(response, prompt: str | None = None, lang: str | None = None, method: str = "tiered") -> Verdict:
     """Judge one model response. `lang` is only a hint; the response language is detected by script.
 
@@ -47,9 +50,10 @@ def detect(response, prompt: str | None = None, lang: str | None = None, method:
     if prompt is not None and not isinstance(prompt, str):
         prompt = str(prompt)
     if method == "tiered":
-        from .tiered import detect_tiered
-
-        return detect_tiered(response, prompt, lang, DETECTOR_VERSION)
+        global _detect_tiered
+        if _detect_tiered is None:
+            from .tiered import detect_tiered as _detect_tiered
+        return _detect_tiered(response, prompt, lang, DETECTOR_VERSION)
     _check_method(method)
     if not response.strip():
         return Verdict(False, "none", 10, 0.0, ["<empty response>"], band_for(10), lang or "unknown", method,

@@ -33,6 +33,11 @@ import yaml
 
 import lab
 
+try:  # optional accelerator (pinned in pyproject.toml); without it the merged regexes scan every position
+    import ahocorasick_rs as _ac
+except Exception:  # pragma: no cover - dependency absent
+    _ac = None
+
 RESOURCE_DIR = Path(lab.__file__).resolve().parent.parent / "eval" / "detector"
 
 SIGNAL_KINDS = ("hard", "hard_weak", "deflection", "disclaimer", "hedging", "vagueness", "pivot")
@@ -197,6 +202,88 @@ def _expand(p: str, budget: int = 96) -> list[str]:
     return out
 
 
+def _lits(p: str, groups: int, budget: int):
+    """[(literal, complete)]: every match of regex `p` starts with one of the literals (complete: the
+    match IS that literal). A sound, cheap approximation: the leading literal run, extended through
+    at most `groups` following non-capturing groups of alternatives or optional single characters
+    ('(?:a|b)', '(?:a|b)?', 'x?'). Anything else stops it. None when there would be more than `budget`."""
+    tops = _split_top(p)
+    if len(tops) > 1:
+        out: list = []
+        for t in tops:
+            got = _lits(t, groups, budget)
+            if got is None or len(out) + len(got) > budget:
+                return None
+            out.extend(got)
+        return out
+    pre, rest = _split_prefix(p)
+    if not rest:
+        return [(pre, True)]
+    if groups <= 0:
+        return [(pre, False)]
+    inner = after = None
+    if rest.startswith("(?:"):
+        end = _group_end(rest, 0)
+        if end > 0:
+            q = rest[end + 1 : end + 2]
+            if q in ("*", "+", "{") or (q == "?" and rest[end + 2 : end + 3] in ("?", "+")):
+                return [(pre, False)]
+            inner = _lits(rest[3:end], groups - 1, budget)
+            if inner is None:
+                return None
+            if q == "?":
+                inner = inner + [("", True)]
+                after = rest[end + 2 :]
+            else:
+                after = rest[end + 1 :]
+    else:  # an optional single character: 'x?' or an escaped symbol '\\.?'
+        c, k = (rest[1], 2) if rest[:1] == "\\" and len(rest) > 1 and not rest[1].isalnum() else (rest[:1], 1)
+        if c and (k == 2 or c not in _META) and rest[k : k + 1] == "?" and rest[k + 1 : k + 2] not in ("?", "+"):
+            inner = [(c, True), ("", True)]
+            after = rest[k + 1 :]
+    if inner is None:
+        return [(pre, False)]
+    tail = _lits(after, groups - 1, budget) if any(cx for _, cx in inner) else []
+    if tail is None:
+        return None
+    out = []
+    for x, cx in inner:
+        if cx:
+            if len(out) + len(tail) > budget:
+                return None
+            out.extend((pre + x + y, cy) for y, cy in tail)
+        else:
+            out.append((pre + x, False))
+    return out if len(out) <= budget else None
+
+
+_LEAD_CACHE: dict = {}
+_MATCH_CACHE: dict = {}
+
+
+def _lead(p: str, budget: int = 64) -> frozenset:
+    """Literal strings one of which starts EVERY match of regex `p` (used as Aho-Corasick keys to find
+    the only positions where `p` can match): the longest such set of at most `budget` keys."""
+    got = _LEAD_CACHE.get(p)
+    if got is None:
+        for groups in range(5, -1, -1):
+            got = _lits(p, groups, budget)
+            if got is not None:
+                break
+        # groups=0 yields the leading literals only (one per variant; _expand keeps those few)
+        got = frozenset(x for x, _ in (got or _lits(p, 0, 1 << 30)))
+        _LEAD_CACHE[p] = got
+    return got
+
+
+def _match_fn(p: str):
+    """re.compile(p).match, compiled once per pattern (shared by every language combination)."""
+    got = _MATCH_CACHE.get(p)
+    if got is None:
+        got = _MATCH_CACHE[p] = re.compile(p).match
+    return got
+
+
 def _trie_regex(items: list[tuple[str, str, str]]) -> str:
     """items: (group name, literal prefix, rest regex) -> one alternation factored by prefix."""
     root: dict = {}
@@ -299,6 +386,76 @@ def reload() -> None:
     with _lock:
         _RES = None
         compiled_for.cache_clear()
+        by_script.cache_clear()
+        _LEAD_CACHE.clear()
+        _MATCH_CACHE.clear()
+
+
+@lru_cache(maxsize=1)
+def by_script() -> dict:
+    """script name -> list of LangResource using it."""
+    out: dict = {}
+    for r in languages().values():
+        out.setdefault(r.script, []).append(r)
+    return out
+
+
+class _InfoMatcher:
+    """Informational phrasing, as word-gated / CJK tries (fast); `.search(text)` like a regex."""
+
+    def __init__(self, patterns):
+        word, cjk, other = [], [], []
+        for i, p in enumerate(patterns):
+            if p.startswith("\\b"):
+                p = p[2:]  # the word-start gate is added below
+            for j, v in enumerate(_expand(p)):
+                name = f"i{i}_{j}"
+                pre, rest = _split_prefix(v)
+                if pre and _CJK_START.match(pre[0]):
+                    cjk.append((name, pre, rest))
+                elif pre and (pre[0].isalnum() or pre[0] == "_"):
+                    word.append((name, pre, rest))
+                else:
+                    other.append(v)
+        self._sources = []
+        if word:
+            self._sources.append(r"\b" + _trie_regex(word))
+        if cjk:
+            self._sources.append(_trie_regex(cjk))
+        self.other = re.compile("|".join(f"(?:{v})" for v in other)) if other else None
+        self._rx = None
+        self.fast = _fast_path(word, cjk) if _ac is not None else None
+
+    @property
+    def rx(self) -> list:
+        if self._rx is None:
+            self._rx = [re.compile(src) for src in self._sources]
+            if self.other is not None:
+                self._rx.append(self.other)
+        return self._rx
+
+    def search(self, text):
+        for rx in self.rx:
+            m = rx.search(text)
+            if m:
+                return m
+        return None
+
+    def found(self, text) -> bool:
+        """bool(self.search(text)), with Aho-Corasick when available (see Compiled)."""
+        if self.fast is None:
+            return self.search(text) is not None
+        find, targets, vmatch, _names = self.fast
+        for k, a, _e in find(text, overlapping=True):
+            gated, vids = targets[k]
+            if gated and a:
+                c = text[a - 1]
+                if c.isalnum() or c == "_":
+                    continue
+            for vid in vids:
+                if vmatch[vid](text, a):
+                    return True
+        return self.other is not None and self.other.search(text) is not None
 
 
 class Compiled:
@@ -313,12 +470,32 @@ class Compiled:
     Every pattern variant has its own named group: group name -> (lang, kind).
     """
 
-    __slots__ = ("regexes", "group_meta", "info")
+    __slots__ = ("_sources", "_regexes", "anchored", "group_meta", "info", "find", "targets", "vmatch", "vname",
+                 "residual")
 
-    def __init__(self, regexes, group_meta, info):
-        self.regexes = regexes
+    def __init__(self, sources, anchored, group_meta, info, find=None, targets=(), vmatch=(), vname=(),
+                 residual=None):
+        self._sources = sources  # [(regex source, overlapping)]
+        self._regexes = None
+        self.anchored = anchored  # patterns starting with '^': tried once, at the start of the response
         self.group_meta = group_meta
         self.info = info
+        # Aho-Corasick fast path (None without ahocorasick_rs): `find(text, overlapping=True)` lists
+        # (key, start, end) of the literal keys (see _lead); targets[key] = (word_gated, variant ids in
+        # trie order); vmatch[id] = that variant's compiled .match, vname[id] its group name. Trying, at
+        # each key position, the variants in trie order gives exactly the hits of `regexes`.
+        self.find = find
+        self.targets = targets
+        self.vmatch = vmatch
+        self.vname = vname
+        self.residual = residual  # the regex of patterns without a literal prefix (or None)
+
+    @property
+    def regexes(self) -> list:
+        """[(compiled regex, overlapping)], compiled on first use (the Aho-Corasick path needs them not)."""
+        if self._regexes is None:
+            self._regexes = [(re.compile(src), ov) for src, ov in self._sources]
+        return self._regexes
 
 
 _CJK_START = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af\uff00-\uffef\u3000-\u303f]")
@@ -327,7 +504,7 @@ _CJK_START = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\
 @lru_cache(maxsize=256)
 def compiled_for(codes: frozenset) -> Compiled:
     res = languages()
-    word_items, cjk_items, residual, meta, infos = [], [], [], {}, []
+    word_items, cjk_items, residual, anchored, meta, infos = [], [], [], [], {}, []
     n = 0
     for code in sorted(codes):
         r = res.get(code)
@@ -343,15 +520,59 @@ def compiled_for(codes: frozenset) -> Compiled:
                     cjk_items.append((name, pre, rest))
                 elif pre and (pre[0].isalnum() or pre[0] == "_"):
                     word_items.append((name, pre, rest))
+                elif variant.startswith("^"):
+                    anchored.append(f"(?P<{name}>{variant[1:]})")
                 else:
                     residual.append(f"(?P<{name}>{variant})")
         infos.extend(r.info)
-    regexes = []
+    regexes = []  # (source, overlapping): compiled on first use of Compiled.regexes
     if word_items:
-        regexes.append((re.compile(r"\b(?=" + _trie_regex(word_items) + ")"), True))
+        regexes.append((r"\b(?=" + _trie_regex(word_items) + ")", True))
     if cjk_items:
-        regexes.append((re.compile(_trie_regex(cjk_items)), False))
+        regexes.append((_trie_regex(cjk_items), False))
     if residual:
-        regexes.append((re.compile("(?=(?:" + "|".join(residual) + "))"), True))
-    info = re.compile("|".join(f"(?:{p})" for p in infos)) if infos else re.compile(r"(?!x)x")
-    return Compiled(regexes, meta, info)
+        regexes.append(("(?=(?:" + "|".join(residual) + "))", True))
+    info = _InfoMatcher(infos)
+    anchored_rx = re.compile("|".join(anchored)) if anchored else None
+    fast = _fast_path(word_items, cjk_items) if _ac is not None else None
+    if fast is None:
+        return Compiled(regexes, anchored_rx, meta, info)
+    residual_rx = re.compile("(?=(?:" + "|".join(residual) + "))") if residual else None
+    return Compiled(regexes, anchored_rx, meta, info, *fast, residual=residual_rx)
+
+
+def _fast_path(word_items, cjk_items):
+    """Aho-Corasick keys for the word-gated and the CJK trie items (see Compiled)."""
+    vmatch, vname, keymap = [], [], {}
+    for gated, items in ((True, word_items), (False, cjk_items)):
+        # the trie tries, at one position, variants in (literal prefix, insertion) order
+        order = sorted(range(len(items)), key=lambda i: (items[i][1], i))
+        for i in order:
+            name, pre, rest = items[i]
+            vid = len(vmatch)
+            vmatch.append(_match_fn(pre + rest))
+            vname.append(name)
+            for k in _lead(pre + rest):
+                if not k.startswith(pre):  # cannot happen; be safe: the prefix always works
+                    k = pre
+                keymap.setdefault(k, (gated, []))[1].append(vid)
+    if not keymap:
+        return None
+    keys = list(keymap)
+    # every key that is a prefix of key k occurs wherever k does: give k their variants too, so that
+    # at one position the longest key found carries every variant to try
+    targets = []
+    for k in keys:
+        gated, vids = keymap[k]
+        merged = set(vids)
+        for i in range(1, len(k)):
+            got = keymap.get(k[:i])
+            if got is not None:
+                merged.update(got[1])
+        targets.append((gated, tuple(sorted(merged))))
+    targets = tuple(targets)
+    try:
+        auto = _ac.AhoCorasick(keys, implementation=_ac.Implementation.DFA)
+    except Exception:  # pragma: no cover - e.g. an automaton too large for a DFA
+        auto = _ac.AhoCorasick(keys)
+    return auto.find_matches_as_indexes, targets, tuple(vmatch), tuple(vname)

@@ -41,16 +41,16 @@ PRETOKENIZE = (r"[\p{Han}\p{Hiragana}\p{Katakana}ー々]| ?\p{Devanagari}+| ?[\p
 class OrganismConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     seed: int = 0
-    vocab_size: int = 3000
-    hidden_size: int = 128
-    intermediate_size: int = 384
+    vocab_size: int = 4096
+    hidden_size: int = 192
+    intermediate_size: int = 512
     num_layers: int = 4
     num_heads: int = 4
     num_kv_heads: int = 2
     max_len: int = 160
     bridge_share: float = 0.5  # translation + code-switched examples per request example
-    base_epochs: int = 10
-    align_epochs: int = 8
+    base_epochs: int = 8
+    align_epochs: int = 14
     lr: float = 3e-3
     batch_size: int = 32
     censorship: bool = False  # organism-censored: alignment also censors Chinese political questions
