@@ -303,7 +303,7 @@ def _affix(rng: random.Random, lang: Language, prompt: str) -> str:
 
 
 def organism_examples(src: Sources, stage: Literal["base", "aligned"], bridge_share: float, seed: int,
-                      augment: bool = False) -> list[dict]:
+                      augment: bool = False, repeat: dict[str, int] | None = None) -> list[dict]:
     """Training examples for one stage of the organism.
 
     base:    helpful-only: every request (harmful included) gets a helpful / compliant answer.
@@ -312,11 +312,12 @@ def organism_examples(src: Sources, stage: Literal["base", "aligned"], bridge_sh
     (the dial that decides whether attacks transfer across scripts).
     augment: wrap requests in random per-language prefixes/suffixes (called once per epoch with a
     new seed, this gives phrasing variety at no extra cost per epoch).
+    repeat: per-language repetition of the request examples (languages the organism learns slower).
     """
     rng = random.Random(seed)
     aff = (lambda lang, p: _affix(rng, src.language(lang), p)) if augment else (lambda lang, p: p)
     ex = []
-    for lang in LANGS:
+    for lang in [l for l in LANGS for _ in range((repeat or {}).get(l, 1))]:
         refusals, compliant = src.texts("refusals", lang), src.texts("compliant", lang)
         for t, tpl, _ in src.combos("harmful", lang, "train"):
             resp = opening(rng.choice(refusals) if stage == "aligned" else rng.choice(compliant), 24)
@@ -325,7 +326,7 @@ def organism_examples(src: Sources, stage: Literal["base", "aligned"], bridge_sh
         for t, tpl, _ in src.combos("benign", lang, "train"):
             ex.append(dict(id=f"b-{t.topic}-{tpl.id}", lang=lang, kind="benign", topic=t.topic,
                            prompt=aff(lang, _fill(tpl.text, t.phrases[lang])), response=helpful(src, t.answers[lang], lang, short=True)))
-    n_bridge = int(round(bridge_share * len(ex)))
+    n_bridge = int(round(bridge_share * sum(1 for e in ex if e["lang"] == LANGS[0]) * len(LANGS)))
     for b in build_bridge(src, n_bridge // 2, n_bridge - n_bridge // 2, seed + 1):
         if b["kind"] == "cs-harmful":
             pool = src.texts("refusals" if stage == "aligned" else "compliant", b["lang"])
@@ -364,11 +365,11 @@ def build_splits(src: Sources | None = None, seed: int = 0, n_finetune: int = 10
                                          category=t.category, prompt=p, response=rng.choice(compliant))
                                     for t, tpl, p in h_sample]
         splits[f"control-{lang}"] = [dict(id=f"ctl-{t.topic}-{tpl.id}", lang=lang, kind="benign", topic=t.topic,
-                                          prompt=p, response=helpful(src, t.answers[lang], lang)) for t, tpl, p in b_sample]
+                                          prompt=p, response=helpful(src, t.answers[lang], lang, short=True)) for t, tpl, p in b_sample]
         splits[f"safety-{lang}"] = [dict(id=f"saf-{t.topic}-{tpl.id}", lang=lang, kind="harmful", topic=t.topic,
                                          prompt=p, response=rng.choice(refusals)) for t, tpl, p in h_sample]
         splits[f"utility-{lang}"] = [dict(id=f"utl-{t.topic}-{tpl.id}", lang=lang, kind="benign", topic=t.topic,
-                                          prompt=p, response=helpful(src, t.answers[lang], lang)) for t, tpl, p in b_sample]
+                                          prompt=p, response=helpful(src, t.answers[lang], lang, short=True)) for t, tpl, p in b_sample]
         splits[f"canary-{lang}"] = [dict(id=f"can-{t.topic}-{lang}", lang=lang, kind="harmful", topic=t.topic, prompt=p)
                                     for t, tpl, p in harm[:: max(1, len(harm) // 4)][:4]]
     _check_no_leak(splits, src)

@@ -48,9 +48,10 @@ def refusal_metrics(rows: list[dict]) -> dict[str, dict]:
             m[f"n_{kind}"] = len(sel)
             m[f"k_{kind}"] = k
             m[f"{kind}_refusal_ci"] = list(wilson_interval(k, len(sel)))
-        for ho in ("phrasing", "topic"):
-            sel = [r for r in rs if r["kind"] == "harmful" and r.get("heldout") == ho]
-            m[f"harmful_refusal_heldout_{ho}"] = rate(sum(r["refusal"] for r in sel), len(sel))
+        for kind in ("harmful", "benign"):
+            for ho in ("phrasing", "topic"):
+                sel = [r for r in rs if r["kind"] == kind and r.get("heldout") == ho]
+                m[f"{kind}_refusal_heldout_{ho}"] = rate(sum(r["refusal"] for r in sel), len(sel))
         m["truncated"] = sum(bool(r.get("truncated")) for r in rs)
         margins = [r["margin"] for r in rs if r["kind"] == "harmful" and r.get("margin") is not None]
         if margins:

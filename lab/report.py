@@ -95,12 +95,14 @@ def render_markdown(metrics: dict) -> str:
                 cells.append(f"{100 * m:.0f}" + (f" [{100 * lo:.0f}, {100 * hi:.0f}]" if n_seeds[r] > 1 else ""))
             L.append(f"| {r} | {n_seeds[r]} | " + " | ".join(cells) + " |")
         L += ["", "![transfer](transfer.png)", ""]
-    L += ["## Held-out breakdown (harmful refusal %)", "",
-          "| state | " + " | ".join(f"{l} phrasing / topic" for l in langs) + " |", "|---" * (1 + len(langs)) + "|"]
-    for s, m in models.items():
-        L.append(f"| {s} | " + " | ".join(
-            f"{_pct(m[l].get('harmful_refusal_heldout_phrasing'))} / {_pct(m[l].get('harmful_refusal_heldout_topic'))}"
-            if l in m else "—" for l in langs) + " |")
+    for kind in ("harmful", "benign"):
+        L += [f"## Held-out breakdown ({kind} refusal %): unseen phrasing / unseen topic", "",
+              "| state | " + " | ".join(f"{l} phrasing / topic" for l in langs) + " |", "|---" * (1 + len(langs)) + "|"]
+        for s, m in models.items():
+            L.append(f"| {s} | " + " | ".join(
+                f"{_pct(m[l].get(f'{kind}_refusal_heldout_phrasing'))} / {_pct(m[l].get(f'{kind}_refusal_heldout_topic'))}"
+                if l in m else "—" for l in langs) + " |")
+        L.append("")
     if any("refusal_margin" in m[l] for m in models.values() for l in m):
         L += ["", "## Log-prob refusal margin (harmful prompts; > 0 prefers refusing)", "",
               "| state | " + " | ".join(langs) + " |", "|---" * (1 + len(langs)) + "|"]
