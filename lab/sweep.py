@@ -918,13 +918,20 @@ def aggregate(spec: SweepSpec, cells: list[Cell], store: Store, sweep_dir: Path)
         "groups": group_list,
         "transfer": transfer,
     }
-    tmp = sweep_dir / "summary.json.tmp"
+    tmp = sweep_dir / f"summary.json.tmp{os.getpid()}"  # per process: two executors may aggregate at once
     tmp.write_text(json.dumps(summary, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, sweep_dir / "summary.json")
-    tmp = sweep_dir / "summary.md.tmp"
+    tmp = sweep_dir / f"summary.md.tmp{os.getpid()}"
     tmp.write_text(_summary_md(summary), encoding="utf-8")
     os.replace(tmp, sweep_dir / "summary.md")
     return summary
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write via a per-process temp file + rename: concurrent executors never see or leave half a file."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _heatmap(transfer: dict, path: Path, title: str) -> None:
@@ -950,7 +957,7 @@ def _heatmap(transfer: dict, path: Path, title: str) -> None:
     fig.colorbar(im, ax=ax, label="harmful-refusal drop vs " + str(transfer["state_before"]))
     ax.set_title(f"{title}: refusal drop ({transfer['state_before']} - {transfer['state_after']})", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
+    tmp = path.with_suffix(f".tmp{os.getpid()}.png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, path)
@@ -1117,10 +1124,10 @@ def sweep_main(file: Path, out: Path | None = None, workers: int = 1, use_wandb:
         return _wandb_sweep(spec, store, sweep_dir, workers, quiet, cell_cmd)
 
     cells = enumerate_cells(spec)
-    (sweep_dir / "cells.json").write_text(json.dumps(
+    _atomic_write(sweep_dir / "cells.json", json.dumps(
         [{"id": c.id, "dir": c.dirname, "params": c.params} for c in cells], indent=2, default=str,
-        ensure_ascii=False), encoding="utf-8")
-    shutil.copyfile(spec.path, sweep_dir / "sweep.yaml")
+        ensure_ascii=False))
+    _atomic_write(sweep_dir / "sweep.yaml", Path(spec.path).read_text(encoding="utf-8"))
     already = sum(1 for c in cells if store.done_dir(c.id))
     t0 = time.monotonic()
     progress = SweepProgress(total=len(cells), done=already, workers=workers, quiet=quiet, title=spec.name)
@@ -1151,7 +1158,7 @@ def sweep_main(file: Path, out: Path | None = None, workers: int = 1, use_wandb:
         d = store.done_dir(c.id)
         if d is not None and (d / CELL_META).is_file():
             timings["cell_seconds"][c.dirname] = json.loads((d / CELL_META).read_text()).get("seconds")
-    (sweep_dir / "timings.json").write_text(json.dumps(timings, indent=2), encoding="utf-8")
+    _atomic_write(sweep_dir / "timings.json", json.dumps(timings, indent=2))
     msg = (f"[sweep {spec.name}] {summary['n_done']}/{summary['n_cells']} cells done in "
            f"{wall:.0f}s -> {sweep_dir / 'summary.md'}")
     print(msg, file=sys.stderr)
