@@ -16,6 +16,17 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, mid - half), min(1.0, mid + half))
 
 
+def json_safe(obj):
+    """NaN / inf -> None, recursively: metrics.json stays strict JSON (rates of empty groups are null)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def rate(k: int, n: int) -> float:
     return k / n if n else float("nan")
 

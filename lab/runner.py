@@ -27,8 +27,11 @@ def default_out(recipe: Recipe) -> Path:
 
 
 def _write_json(path: Path, obj) -> None:
+    from lab.metrics import json_safe
+
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False, default=float) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(json_safe(obj), indent=1, ensure_ascii=False, default=float, allow_nan=False) + "\n",
+                   encoding="utf-8")
     os.replace(tmp, path)
 
 

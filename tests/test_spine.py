@@ -28,7 +28,8 @@ def test_run_directory_layout_and_metrics_interface(quick_run):
     out, metrics = quick_run
     for f in ("config.yaml", "generations.jsonl", "metrics.json", "report.md", "transfer.png", "prompts.jsonl"):
         assert (out / f).is_file(), f
-    m = json.loads((out / "metrics.json").read_text())
+    m = json.loads((out / "metrics.json").read_text(),
+                   parse_constant=lambda c: pytest.fail(f"metrics.json holds {c}: not strict JSON"))
     assert set(m["models"]) == {"aligned", "attack-en", "control-en"}
     for state, langs in m["models"].items():
         assert set(langs) == {"zh", "ja", "en", "it", "hi"}
