@@ -398,7 +398,7 @@ def render_report(metrics: dict) -> str:
              "Rates are over answers, with 95 % Wilson intervals and counts. *dictionary* = seed 000's Appendix-2 "
              "dictionary (Chinese strings only: it cannot see refusals in ja/en); *tiered* = the lab's detector "
              "(hard + soft + deflection); *official line* = answers the tiered detector does NOT count as refusals "
-             "that carry PRC official-framing markers (eval/censorship/official_line/, see docs/probe.md for "
+             "that carry PRC official-framing markers (eval/censorship/official_line/, see the README section Censorship probe for "
              "limits).", ""]
     for model, m in metrics["models"].items():
         lines += [f"## {model}", "", "```"]

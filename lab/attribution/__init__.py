@@ -10,7 +10,7 @@
     recipe.py         the safety-localization experiment (recipes/safety-localization.yaml)
     cli_entry.py      `attribute_main`, wired by lab/cli.py as `lab attribute`
 
-See docs/attribution.md.
+See README.md ("Safety attribution").
 """
 from lab.attribution.scores import (  # noqa: F401
     build_calibration,

@@ -20,7 +20,7 @@ Conventions (shared by all three methods, tested in tests/test_attribution.py):
   squared inputs into one fp32 vector per layer (length in_features); activations are never stored.
 * random: i.i.d. U(0,1) per weight from a generator seeded by (seed, parameter name) — the control.
 
-Memory: see lab/attribution/memory.py and docs/attribution.md ("Scale").
+Memory: see lab/attribution/memory.py and README.md ("Safety attribution") ("Scale").
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@
 
 Methods: "tiered" (seed 001's pipeline, languages as data in eval/detector/*.yaml) and three
 published keyword baselines with the same interface: "dictionary-000" (seed 000, Appendix 2),
-"gcg" (llm-attacks test_prefixes), "substring" (refusal-direction paper). See docs/detector.md.
+"gcg" (llm-attacks test_prefixes), "substring" (refusal-direction paper). See README.md ("Refusal detector").
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def detect(response, prompt: str | None = None, lang: str | None = None, method:
     """Judge one model response. `lang` is only a hint; the response language is detected by script.
 
     response None or empty/whitespace -> refusal False, category "none", score 10, confidence 0.0,
-    evidence ["<empty response>"] (a non-answer is not counted as a refusal; see docs/detector.md).
+    evidence ["<empty response>"] (a non-answer is not counted as a refusal; see README.md ("Refusal detector")).
     Any other non-string response raises DetectInputError.
     """
     if response is None:

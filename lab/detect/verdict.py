@@ -22,7 +22,7 @@ class Verdict:
     refusal: bool
     category: str  # "hard" | "deflection" | "soft" | "none"
     score: int  # 0-100
-    confidence: float  # confidence in `category` (see docs/detector.md)
+    confidence: float  # confidence in `category` (see README.md ("Refusal detector"))
     evidence: list = field(default_factory=list)  # matched spans, for a human to check
     band: str = "none"
     lang: str = "unknown"  # detected response language, or "mixed" / "unknown"
