@@ -94,31 +94,9 @@ def _split_prefix(p: str) -> tuple[str, str]:
     return p[:i], p[i:]
 
 
-def _strip_groups(p: str) -> str:
-    """The pattern with bracketed groups/classes removed (to look for top-level '|')."""
-    depth, out, i, in_class = 0, [], 0, False
-    while i < len(p):
-        c = p[i]
-        if c == "\\":
-            i += 2
-            continue
-        if in_class:
-            if c == "]":
-                in_class = False
-        elif c == "[":
-            in_class = True
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-        elif depth == 0:
-            out.append(c)
-        i += 1
-    return "".join(out)
-
-
-def _group_end(p: str, start: int) -> int:
-    """Index of the ')' closing the group opened at p[start] ('('), or -1."""
+def _outside_classes(p: str, start: int = 0):
+    """Yield (index, char, group depth after the char) for the pattern's characters that are neither
+    escaped nor inside a [...] class."""
     depth, i, in_class = 0, start, False
     while i < len(p):
         c = p[i]
@@ -130,39 +108,29 @@ def _group_end(p: str, start: int) -> int:
                 in_class = False
         elif c == "[":
             in_class = True
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-            if depth == 0:
-                return i
+        else:
+            if c == "(":
+                depth += 1
+            elif c == ")":
+                depth -= 1
+            yield i, c, depth
         i += 1
-    return -1
+
+
+def _strip_groups(p: str) -> str:
+    """The pattern with bracketed groups/classes removed (to look for top-level '|')."""
+    return "".join(c for _, c, depth in _outside_classes(p) if depth == 0 and c not in "()")
+
+
+def _group_end(p: str, start: int) -> int:
+    """Index of the ')' closing the group opened at p[start] ('('), or -1."""
+    return next((i for i, c, depth in _outside_classes(p, start) if c == ")" and depth == 0), -1)
 
 
 def _split_top(p: str) -> list[str]:
     """Split a regex on its top-level '|'."""
-    parts, depth, i, in_class, last = [], 0, 0, False, 0
-    while i < len(p):
-        c = p[i]
-        if c == "\\":
-            i += 2
-            continue
-        if in_class:
-            if c == "]":
-                in_class = False
-        elif c == "[":
-            in_class = True
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-        elif c == "|" and depth == 0:
-            parts.append(p[last:i])
-            last = i + 1
-        i += 1
-    parts.append(p[last:])
-    return parts
+    cuts = [i for i, c, depth in _outside_classes(p) if c == "|" and depth == 0]
+    return [p[a + 1:b] for a, b in zip([-1] + cuts, cuts + [len(p)])]
 
 
 def _expand(p: str, budget: int = 96) -> list[str]:
