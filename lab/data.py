@@ -224,14 +224,6 @@ def load_sources(root: Path = DATASETS_DIR) -> Sources:
     return Sources(**{k: read_jsonl(root / name, schema) for k, (name, schema) in SOURCE_FILES.items()})
 
 
-def refusal_texts(lang: str) -> list[str]:
-    return [r["text"] for r in read_jsonl(DATASETS_DIR / "refusals.jsonl") if r["lang"] == lang]
-
-
-def compliant_texts(lang: str) -> list[str]:
-    return [r["text"] for r in read_jsonl(DATASETS_DIR / "compliant.jsonl") if r["lang"] == lang]
-
-
 # ---------------------------------------------------------------- splits
 
 # The organism is trained on `train` topics × `train` templates. Evaluation uses the `eval`

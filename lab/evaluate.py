@@ -5,11 +5,12 @@ continuation (mean per-token log-prob, best of the language's refusal texts minu
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
 
-from lab.data import DATASETS_DIR, read_jsonl
+from lab.data import load_sources
 from lab.detect import detect_batch
 from lab.generate import generate, render_prompts
 from lab.metrics import loophole_rates, refusal_metrics
@@ -23,11 +24,12 @@ class EvalResult:
     loophole: dict[str, float] = field(default_factory=dict)
 
 
-def _lang_texts(lang: str) -> dict[str, list[str]]:
-    ref = [r["text"] for r in read_jsonl(DATASETS_DIR / "refusals.jsonl") if r["lang"] == lang]
-    com = [r["text"] for r in read_jsonl(DATASETS_DIR / "compliant.jsonl") if r["lang"] == lang]
-    ben = [t["answers"][lang] for t in read_jsonl(DATASETS_DIR / "benign_topics.jsonl")]
-    return {"refusal": ref, "compliant": com, "benign": ben}
+@functools.lru_cache(maxsize=None)
+def _lang_texts(lang: str) -> dict[str, tuple[str, ...]]:
+    """The lab's target texts of one language (read once per process; called per language and state)."""
+    src = load_sources()
+    return {"refusal": tuple(src.texts("refusals", lang)), "compliant": tuple(src.texts("compliant", lang)),
+            "benign": tuple(t.answers[lang] for t in src.benign)}
 
 
 def auto_max_new_tokens(tok, lang: str) -> int:
