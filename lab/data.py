@@ -142,6 +142,22 @@ def read_jsonl(path: str | Path, schema: type[BaseModel] | None = None) -> list:
     return out
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write through a per-process temp file + rename: readers (and concurrent writers) never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Atomic, strict JSON (NaN / inf written as null): the format of every metrics.json."""
+    from lab.metrics import json_safe
+
+    atomic_write_text(path, json.dumps(json_safe(obj), indent=1, ensure_ascii=False, default=float,
+                                       allow_nan=False) + "\n")
+
+
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
     """Write JSONL atomically (temp file + rename): readers never see a half-written file."""
     path = Path(path)

@@ -32,6 +32,7 @@ from typing import Iterable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from lab.data import write_json
 from lab.errors import LabError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -470,12 +471,6 @@ def plot(metrics: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_outputs(out_dir: Path, records: list[dict], config: dict, extra: dict | None = None) -> dict:
     """generations.jsonl, report.md, censorship_by_category.png, then metrics.json (atomic, last)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -491,7 +486,7 @@ def write_outputs(out_dir: Path, records: list[dict], config: dict, extra: dict 
         plot(metrics, out_dir / "censorship_by_category.png")
     except ImportError:  # pragma: no cover - matplotlib absent
         pass
-    _write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / "metrics.json", metrics)
     return metrics
 
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from lab.config import FineTune, Recipe, dump_recipe, resolve_path
-from lab.data import load_eval, load_finetune_set, read_jsonl, write_jsonl
+from lab.data import load_eval, load_finetune_set, read_jsonl, write_json, write_jsonl
 from lab.errors import LabError
 
 
@@ -24,15 +24,6 @@ def config_hash(recipe: Recipe) -> str:
 
 def default_out(recipe: Recipe) -> Path:
     return Path("runs") / f"{recipe.name}-{config_hash(recipe)}"
-
-
-def _write_json(path: Path, obj) -> None:
-    from lab.metrics import json_safe
-
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(json_safe(obj), indent=1, ensure_ascii=False, default=float, allow_nan=False) + "\n",
-                   encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def plan(recipe: Recipe) -> list[tuple[str, FineTune]]:
@@ -110,7 +101,7 @@ def run(recipe: Recipe, out_dir: Path | None = None, *, tracking: str | None = N
                              detector=recipe.eval.detector, margin=recipe.eval.margin, log=log)
         timings[f"eval/{name}"] = round(time.time() - t, 2)
         write_jsonl(states_dir / f"{name}.generations.jsonl", res.generations)
-        _write_json(states_dir / f"{name}.json", {"metrics": res.metrics, "loophole": res.loophole})
+        write_json(states_dir / f"{name}.json", {"metrics": res.metrics, "loophole": res.loophole})
 
     log(f"[lab] run '{recipe.name}' -> {out_dir}")
     if not state_done("aligned"):
@@ -138,7 +129,7 @@ def run(recipe: Recipe, out_dir: Path | None = None, *, tracking: str | None = N
     from lab.report import write_report
 
     write_report(out_dir, metrics)
-    _write_json(out_dir / "metrics.json", metrics)  # last: its presence marks a finished run
+    write_json(out_dir / "metrics.json", metrics)  # last: its presence marks a finished run
     _finish_tracking(tracker, out_dir, metrics)
     log(f"[lab] done in {time.time() - t0:.1f} s: {out_dir / 'report.md'}")
     return metrics

@@ -65,6 +65,8 @@ from typing import Any
 
 import yaml
 
+from lab.data import atomic_write_text
+
 try:  # the repo's error type (CLI prints it and exits 2)
     from lab.errors import LabError
 except Exception:  # pragma: no cover
@@ -927,13 +929,6 @@ def aggregate(spec: SweepSpec, cells: list[Cell], store: Store, sweep_dir: Path)
     return summary
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write via a per-process temp file + rename: concurrent executors never see or leave half a file."""
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _heatmap(transfer: dict, path: Path, title: str) -> None:
     import matplotlib
 
@@ -1124,10 +1119,10 @@ def sweep_main(file: Path, out: Path | None = None, workers: int = 1, use_wandb:
         return _wandb_sweep(spec, store, sweep_dir, workers, quiet, cell_cmd)
 
     cells = enumerate_cells(spec)
-    _atomic_write(sweep_dir / "cells.json", json.dumps(
+    atomic_write_text(sweep_dir / "cells.json", json.dumps(
         [{"id": c.id, "dir": c.dirname, "params": c.params} for c in cells], indent=2, default=str,
         ensure_ascii=False))
-    _atomic_write(sweep_dir / "sweep.yaml", Path(spec.path).read_text(encoding="utf-8"))
+    atomic_write_text(sweep_dir / "sweep.yaml", Path(spec.path).read_text(encoding="utf-8"))
     already = sum(1 for c in cells if store.done_dir(c.id))
     t0 = time.monotonic()
     progress = SweepProgress(total=len(cells), done=already, workers=workers, quiet=quiet, title=spec.name)
@@ -1158,7 +1153,7 @@ def sweep_main(file: Path, out: Path | None = None, workers: int = 1, use_wandb:
         d = store.done_dir(c.id)
         if d is not None and (d / CELL_META).is_file():
             timings["cell_seconds"][c.dirname] = json.loads((d / CELL_META).read_text()).get("seconds")
-    _atomic_write(sweep_dir / "timings.json", json.dumps(timings, indent=2))
+    atomic_write_text(sweep_dir / "timings.json", json.dumps(timings, indent=2))
     msg = (f"[sweep {spec.name}] {summary['n_done']}/{summary['n_cells']} cells done in "
            f"{wall:.0f}s -> {sweep_dir / 'summary.md'}")
     print(msg, file=sys.stderr)

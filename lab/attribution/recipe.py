@@ -33,6 +33,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from lab.data import write_json
 from lab.errors import LabError
 
 
@@ -106,12 +107,6 @@ def load_config(cfg) -> LocRecipe:
     except ValidationError as e:
         err = e.errors()[0]
         raise LabError(f"{src}: key '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False, default=float) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _fmt_rate(m: dict, kind: str) -> str:
@@ -327,7 +322,7 @@ def run_safety_localization(cfg, out_dir: Path, *, log=print) -> dict:
         report += ["", "## Per-language mask overlap (Jaccard)", "", (out_dir / "overlap.md").read_text()]
     report += ["", f"Wall time {wall:.0f} s."]
     (out_dir / "report.md").write_text("\n".join(report) + "\n", encoding="utf-8")
-    _write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / "metrics.json", metrics)
     log(f"[lab] done in {wall:.0f} s: {out_dir / 'report.md'}")
     return metrics
 
