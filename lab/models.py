@@ -56,12 +56,38 @@ def resolve(spec: str) -> str:
     return spec  # hub id
 
 
-def load_tokenizer(spec: str, *, trust_remote_code: bool = False):
+GENERIC_TOKENIZER_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast"}
+
+
+def _tokenizer_class(path: str):
+    """AutoTokenizer, except for checkpoints whose tokenizer_config declares the generic class.
+
+    transformers 5's AutoTokenizer maps model_type qwen2 to Qwen2Tokenizer even when the checkpoint
+    declares TokenizersBackend, and Qwen2Tokenizer replaces the pre-tokenizer saved in tokenizer.json
+    with Qwen's regex. For the lab's organism (trained with its own pre-tokenizer: Han/Kana per
+    character, Devanagari per word) that silently changed the token ids at load time: Hindi prompts
+    became byte fragments the model never saw in training. A declared generic class means "use
+    tokenizer.json as saved", so it is loaded as TokenizersBackend.
+    """
     from transformers import AutoTokenizer
+    from transformers.models.auto.tokenization_auto import get_tokenizer_config
+
+    try:
+        declared = get_tokenizer_config(path).get("tokenizer_class")
+    except Exception:  # no tokenizer_config.json: AutoTokenizer decides (and reports what is missing)
+        declared = None
+    if declared in GENERIC_TOKENIZER_CLASSES:
+        from transformers import TokenizersBackend
+
+        return TokenizersBackend
+    return AutoTokenizer
+
+
+def load_tokenizer(spec: str, *, trust_remote_code: bool = False):
 
     path = resolve(spec)
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tok = _tokenizer_class(path).from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as e:
         raise LabError(f"model '{spec}': could not load tokenizer ({str(e).splitlines()[0]})") from None
     if not tok.chat_template:

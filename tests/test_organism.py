@@ -47,3 +47,29 @@ def test_committed_checkpoints_are_small_safetensors_with_chat_template():
         tok = load_tokenizer(f"zoo:{name}")
         assert tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False,
                                        add_generation_prompt=True) == "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_loaded_organism_tokenizes_as_it_was_trained():
+    # Regression: transformers 5's AutoTokenizer turned the organism (model_type qwen2) into a
+    # Qwen2Tokenizer with Qwen's pre-tokenizer regex, so Hindi prompts were shattered into byte
+    # fragments the model never saw in training (the organism then refused all Hindi requests).
+    from tokenizers import Tokenizer
+
+    for name in ("organism", "organism-base", "organism-censored"):
+        saved = Tokenizer.from_file(str(ZOO_DIR / name / "tokenizer.json"))
+        tok = load_tokenizer(f"zoo:{name}")
+        for text in TEXTS[:5]:
+            assert tok(text, add_special_tokens=False)["input_ids"] == saved.encode(text, add_special_tokens=False).ids
+        assert len(tok("मुझे घर पर ब्रेड बनाने का तरीका बताइए।")["input_ids"]) <= 12  # words, not bytes
+
+
+def test_saved_tokenizer_round_trips_through_load_tokenizer(tmp_path):
+    from transformers import Qwen2Config
+
+    tok = train_tokenizer(TEXTS, 600)
+    tok.save_pretrained(tmp_path)
+    Qwen2Config(vocab_size=len(tok), hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                num_attention_heads=1, num_key_value_heads=1).save_pretrained(tmp_path)
+    loaded = load_tokenizer(str(tmp_path))
+    for text in TEXTS[:5]:
+        assert loaded(text)["input_ids"] == tok(text)["input_ids"]
