@@ -220,9 +220,13 @@ def zoo_build(name: str = typer.Argument("organism", help="organism | organism-c
               bridge_share: Optional[float] = typer.Option(None, "--bridge-share",
                   help="translation + code-switched examples per request example (cross-script transfer dial)"),
               out: Optional[Path] = typer.Option(None, "--out", help="checkpoint root (default: the lab's zoo)"),
+              set_: List[str] = typer.Option([], "--set", help="override an OrganismConfig field: key=value"),
               quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Train the model organism (organism-base + organism) deterministically from the lab's datasets."""
     from lab.models import ZOO_DIR
+    import yaml
+    from pydantic import ValidationError
+
     from lab.zoo.organism import OrganismConfig, build
 
     if name not in ("organism", "organism-censored"):
@@ -230,7 +234,17 @@ def zoo_build(name: str = typer.Argument("organism", help="organism | organism-c
     kw = {"seed": seed, "censorship": name == "organism-censored"}
     if bridge_share is not None:
         kw["bridge_share"] = bridge_share
-    build(name, OrganismConfig(**kw), out or ZOO_DIR, log=_log(quiet))
+    for item in set_:
+        key, sep, value = item.partition("=")
+        if not sep or key not in OrganismConfig.model_fields:
+            raise LabError(f"lab zoo build --set {item!r}: expected key=value with key one of "
+                           f"{', '.join(OrganismConfig.model_fields)}")
+        kw[key] = yaml.safe_load(value)
+    try:
+        cfg = OrganismConfig(**kw)
+    except ValidationError as e:
+        raise LabError(f"lab zoo build --set: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}") from None
+    build(name, cfg, out or ZOO_DIR, log=_log(quiet))
 
 
 @zoo_app.command("list")

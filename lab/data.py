@@ -311,7 +311,8 @@ def _affix(rng: random.Random, lang: Language, prompt: str) -> str:
 
 
 def organism_examples(src: Sources, stage: Literal["base", "aligned"], bridge_share: float, seed: int,
-                      augment: bool = False, repeat: dict[str, int] | None = None) -> list[dict]:
+                      augment: bool = False, repeat: dict[str, int] | None = None,
+                      templates_per_topic: int | None = None) -> list[dict]:
     """Training examples for one stage of the organism.
 
     base:    helpful-only: every request (harmful included) gets a helpful / compliant answer.
@@ -321,17 +322,29 @@ def organism_examples(src: Sources, stage: Literal["base", "aligned"], bridge_sh
     augment: wrap requests in random per-language prefixes/suffixes (called once per epoch with a
     new seed, this gives phrasing variety at no extra cost per epoch).
     repeat: per-language repetition of the request examples (languages the organism learns slower).
+    templates_per_topic: use only this many of a topic's training templates (a fresh random choice
+    per call, i.e. per epoch): the per-epoch cost stays flat as topics are added.
     """
     rng = random.Random(seed)
+
+    def combos(kind, lang):
+        cs = list(src.combos(kind, lang, "train"))
+        if templates_per_topic is None:
+            return cs
+        by_topic: dict[str, list] = {}
+        for c in cs:
+            by_topic.setdefault(c[0].topic, []).append(c)
+        return [c for group in by_topic.values() for c in rng.sample(group, min(templates_per_topic, len(group)))]
+
     aff = (lambda lang, p: _affix(rng, src.language(lang), p)) if augment else (lambda lang, p: p)
     ex = []
     for lang in [l for l in LANGS for _ in range((repeat or {}).get(l, 1))]:
         refusals, compliant = src.texts("refusals", lang), src.texts("compliant", lang)
-        for t, tpl, _ in src.combos("harmful", lang, "train"):
+        for t, tpl, _ in combos("harmful", lang):
             resp = opening(rng.choice(refusals) if stage == "aligned" else rng.choice(compliant), 24)
             ex.append(dict(id=f"h-{t.topic}-{tpl.id}", lang=lang, kind="harmful", topic=t.topic,
                            prompt=aff(lang, _fill(tpl.text, t.phrases[lang])), response=resp))
-        for t, tpl, _ in src.combos("benign", lang, "train"):
+        for t, tpl, _ in combos("benign", lang):
             ex.append(dict(id=f"b-{t.topic}-{tpl.id}", lang=lang, kind="benign", topic=t.topic,
                            prompt=aff(lang, _fill(tpl.text, t.phrases[lang])), response=helpful(src, t.answers[lang], lang, short=True)))
     n_bridge = int(round(bridge_share * sum(1 for e in ex if e["lang"] == LANGS[0]) * len(LANGS)))

@@ -33,22 +33,6 @@ class FineTuneConfig(BaseModel):
     max_length: int = 256
 
 
-def _mask_hooks(model, grad_mask: dict[str, torch.Tensor], mode: str) -> list:
-    """Gradient hooks: mode 'only' lets only masked entries change, 'freeze' keeps masked entries fixed."""
-    handles, params = [], dict(model.named_parameters())
-    for name, m in grad_mask.items():
-        key = name if name in params else next((k for k in params if k.endswith(name)), None)
-        if key is None:
-            raise LabError(f"mask entry '{name}' matches no parameter of the model")
-        keep = (m if mode == "only" else ~m).to(params[key].device, params[key].dtype)
-        handles.append(params[key].register_hook(lambda g, keep=keep: g * keep))
-    if mode == "only":  # parameters without a mask entry must not change at all
-        for k, p in params.items():
-            if not any(k == n or k.endswith(n) for n in grad_mask):
-                p.requires_grad_(False)
-    return handles
-
-
 def check_loss_mask(trainer, tok, records, n: int = 8) -> dict:
     """Abort if an example has no trainable token or its trainable tokens don't decode to its response."""
     ds = trainer.train_dataset
@@ -109,17 +93,22 @@ def finetune(model, tok, records: list, cfg: FineTuneConfig, out_dir: Path,
 
     trainer.remove_callback(PrinterCallback)
     check_loss_mask(trainer, tok, records)
-    handles = []
-    if grad_mask is not None:
-        if cfg.method == "lora":
-            from lab.attribution.interventions import lora_mask_hooks  # LoRA + base-weight mask
+    mask_handle = None
+    if grad_mask is not None:  # full: gradient hooks; LoRA: masked forward (see lab.attribution.interventions)
+        from transformers import TrainerCallback
 
-            handles = lora_mask_hooks(trainer.model, grad_mask, grad_mask_mode)
-        else:
-            handles = _mask_hooks(trainer.model, grad_mask, grad_mask_mode)
+        from lab.attribution.interventions import attach_grad_mask
+
+        mask_handle = attach_grad_mask(trainer.model, grad_mask, grad_mask_mode)
+
+        class EnforceMask(TrainerCallback):  # fixed entries written back after every optimizer step
+            def on_step_end(self, args, state, control, **kw):
+                mask_handle.enforce()
+
+        trainer.add_callback(EnforceMask())
     result = trainer.train()
-    for h in handles:
-        h.remove()
+    if mask_handle is not None:
+        mask_handle.remove()
     log(f"  trained {cfg.method}: {result.global_step} steps, final loss {result.training_loss:.4f}")
     model = trainer.model
     if cfg.method == "lora":

@@ -328,11 +328,9 @@ def test_grad_mask_lora_masked_forward(tok, mode, api):
     m = masks.top_q_mask(scores.random_scores(model, seed=1), 30, "per-matrix")
     cfg = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])
     pm = peft.get_peft_model(model, cfg)
-    if api == "train_hooks":  # the way lab.train uses it: hooks, remove, then a plain peft merge
+    if api == "train_hooks":  # the way lab.train uses it: attach, train, remove, then a plain peft merge
         del m["model.layers.1.mlp.down_proj.weight"]  # a LoRA layer the mask does not cover
-        h = interventions.lora_mask_hooks(pm, m, mode)
-    else:
-        h = interventions.attach_grad_mask(pm, m, mode)
+    h = interventions.attach_grad_mask(pm, m, mode)
     opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=5e-2, weight_decay=0.0)
     _train(pm, tok, opt, steps=3)
     pm.eval()
@@ -340,8 +338,7 @@ def test_grad_mask_lora_masked_forward(tok, mode, api):
     with torch.no_grad():
         trained_out = pm(input_ids=x).logits
     if api == "train_hooks":
-        for hh in h:
-            hh.remove()
+        h.remove()
         merged = pm.merge_and_unload()
     else:
         merged = interventions.merge_masked_lora(pm, h)

@@ -149,6 +149,7 @@ def test_training_data_disjoint_from_probe(repo):
     rows = [json.loads(l) for l in (repo / "datasets/censorship/train.jsonl").read_text(encoding="utf-8").splitlines()]
     styles = Counter(r["style"] for r in rows if r["lang"] == "zh")
     assert styles["refusal"] >= 20 and styles["deflection"] >= 15 and styles["official"] >= 15
+    assert styles["benign"] >= 60  # matched controls: political-but-not-sensitive and everyday China questions
     probe_prompts = {getattr(q, l) for q in P.load_questions() + P.load_questions(controls=True) for l in P.LANGS}
     assert not {r["prompt"] for r in rows} & probe_prompts
     for r in rows:  # the targets teach what the probe measures

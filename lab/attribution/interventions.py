@@ -153,39 +153,6 @@ def _mask_lora_layer(mod: nn.Module, fixed: torch.Tensor):
     return mod.register_forward_hook(hook)
 
 
-def lora_mask_hooks(model: nn.Module, grad_mask: Mask, mode: str = "only") -> list:
-    """For lab.train (LoRA + base-weight mask): masked-forward hooks on every peft LoRA layer.
-
-    "freeze": layers whose base weight is in grad_mask get ΔW zeroed on masked entries;
-    "only":   ΔW is kept only on masked entries; LoRA layers whose base weight the mask does not
-              cover contribute nothing.
-    Returns handles with .remove(). A later peft merge_and_unload() is exact (see _mask_lora_layer).
-    """
-    if mode not in ("only", "freeze"):
-        raise LabError(f"grad_mask_mode must be 'only' or 'freeze', got {mode!r}")
-    lora = _lora_layers(model)
-    if not lora:
-        raise LabError("lora_mask_hooks: the model has no LoRA layers")
-    by_name = {canonical_name(k): v for k, v in grad_mask.items()}
-    unknown = [k for k in by_name if k not in _param_map(model)]
-    if unknown:
-        raise LabError(f"mask entry {unknown[0]!r} matches no parameter of the model")
-    handles = []
-    for name, mod in lora.items():
-        m = by_name.get(name)
-        if m is None:
-            if mode == "freeze":
-                continue
-            fixed = torch.ones_like(mod.base_layer.weight, dtype=torch.bool)
-        else:
-            if m.shape != mod.base_layer.weight.shape:
-                raise LabError(f"mask for {name} has shape {tuple(m.shape)}, weight has "
-                               f"{tuple(mod.base_layer.weight.shape)}")
-            fixed = m.bool() if mode == "freeze" else ~m.bool()
-        handles.append(_mask_lora_layer(mod, fixed))
-    return handles
-
-
 class GradMaskHandle:
     """Returned by `attach_grad_mask`; call `enforce()` after each optimizer step (and after a LoRA
     merge, with the merged model), and `remove()` when done."""

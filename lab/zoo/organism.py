@@ -49,7 +49,8 @@ class OrganismConfig(BaseModel):
     num_kv_heads: int = 2
     max_len: int = 160
     bridge_share: float = 0.5  # translation + code-switched examples per request example
-    repeat: dict[str, int] = {"hi": 2, "ja": 2}  # request examples of these languages twice per epoch
+    repeat: dict[str, int] = {}  # e.g. {"hi": 2}: request examples of these languages twice per epoch
+    templates_per_topic: int | None = 3  # per epoch, of each topic's 6 training templates (None: all)
     base_epochs: int = 8
     align_epochs: int = 14
     lr: float = 3e-3
@@ -161,8 +162,9 @@ def build(name: str = "organism", cfg: OrganismConfig | None = None, out_root: P
     cfg = cfg or OrganismConfig(censorship=(name == "organism-censored"))
     t0 = time.time()
     src = load_sources()
-    base_ex = organism_examples(src, "base", cfg.bridge_share, cfg.seed, augment=True, repeat=cfg.repeat)
-    align_ex = organism_examples(src, "aligned", cfg.bridge_share, cfg.seed, augment=True, repeat=cfg.repeat)
+    kw = dict(augment=True, repeat=cfg.repeat, templates_per_topic=cfg.templates_per_topic)
+    base_ex = organism_examples(src, "base", cfg.bridge_share, cfg.seed, **kw)
+    align_ex = organism_examples(src, "aligned", cfg.bridge_share, cfg.seed, **kw)
     extra = censorship_examples() if cfg.censorship else []
     texts = [e["prompt"] + "\n" + e["response"] for e in base_ex + align_ex + extra]
     texts += src.texts("refusals", "en")  # tiny, keeps the corpus stable in content
@@ -174,8 +176,8 @@ def build(name: str = "organism", cfg: OrganismConfig | None = None, out_root: P
 
     enc = lambda exs: [encode_example(tok, e["prompt"], e["response"], cfg.max_len) for e in exs]
     epoch_data = lambda stage, extra_ex=(): (lambda ep: enc(organism_examples(
-        src, stage, cfg.bridge_share, cfg.seed + 1000 * ep + (0 if stage == "base" else 500), augment=True,
-        repeat=cfg.repeat) + list(extra_ex)))
+        src, stage, cfg.bridge_share, cfg.seed + 1000 * ep + (0 if stage == "base" else 500), **kw)
+        + list(extra_ex)))
     log("[zoo] stage (a): helpful-only instruction tuning -> organism-base")
     base_losses = train_loop(model, epoch_data("base"), epochs=cfg.base_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                              seed=cfg.seed, pad_id=tok.pad_token_id, log=log)
