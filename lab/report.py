@@ -37,32 +37,44 @@ def grouped_drop(metrics: dict) -> tuple[list[str], list[str], dict]:
     return list(out), langs, out
 
 
-def plot_transfer(metrics: dict, path: Path) -> None:
+def heatmap(rows: list[str], cols: list[str], points: list[list[float | None]], path: Path, *, title: str,
+            ylabel: str, label: str) -> None:
+    """Attack language x evaluation language heatmap of refusal drops in points (None = no data),
+    diverging around 0 (a negative drop = refusal went up). Written atomically. One drawing for run
+    reports (transfer.png) and sweep summaries (transfer_heatmap.png)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows, langs, vals = grouped_drop(metrics)
-    if not rows:
-        return
-    data = [[100 * vals[r][l][0] for l in langs] for r in rows]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(langs), 1.0 + 0.55 * len(rows)))
-    im = ax.imshow(data, cmap="Reds", vmin=0, vmax=100, aspect="auto")
-    ax.set_xticks(range(len(langs)), langs)
+    data = [[float("nan") if v is None else v for v in r] for r in points]
+    vmax = max([abs(v) for r in data for v in r if v == v] + [5.0])
+    fig, ax = plt.subplots(figsize=(1.1 * len(cols) + 2.5, 0.6 * len(rows) + 1.8))
+    im = ax.imshow(data, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols)
     ax.set_yticks(range(len(rows)), rows)
     ax.set_xlabel("evaluation language")
-    ax.set_ylabel("fine-tune (attack language)")
-    for i, row in enumerate(data):
-        for j, v in enumerate(row):
-            ax.text(j, i, f"{v:.0f}", ha="center", va="center", color="white" if v > 60 else "black", fontsize=9)
-    fig.colorbar(im, ax=ax, label="harmful-refusal drop vs aligned (points)")
-    ax.set_title(f"{metrics.get('recipe', '')}: refusal drop")
+    ax.set_ylabel(ylabel)
+    for i, r in enumerate(data):
+        for j, v in enumerate(r):
+            if v == v:
+                ax.text(j, i, f"{v:+.0f}", ha="center", va="center", fontsize=9,
+                        color="white" if abs(v) > 0.6 * vmax else "black")
+    fig.colorbar(im, ax=ax, label=label)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     tmp = path.with_name(path.stem + f".tmp{os.getpid()}.png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def plot_transfer(metrics: dict, path: Path) -> None:
+    rows, langs, vals = grouped_drop(metrics)
+    if rows:
+        heatmap(rows, langs, [[100 * vals[r][l][0] for l in langs] for r in rows], path,
+                title=f"{metrics.get('recipe', '')}: refusal drop", ylabel="fine-tune (attack language)",
+                label="harmful-refusal drop vs aligned (points)")
 
 
 def render_markdown(metrics: dict) -> str:

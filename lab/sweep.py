@@ -930,32 +930,12 @@ def aggregate(spec: SweepSpec, cells: list[Cell], store: Store, sweep_dir: Path)
 
 
 def _heatmap(transfer: dict, path: Path, title: str) -> None:
-    import matplotlib
+    from lab.report import heatmap
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows, cols, mat = transfer["rows"], transfer["cols"], transfer["drop"]
-    data = [[float("nan") if v is None else v for v in r] for r in mat]
-    vmax = max([abs(v) for r in data for v in r if v == v] + [0.05])
-    fig, ax = plt.subplots(figsize=(1.1 * len(cols) + 2.5, 0.7 * len(rows) + 1.8))
-    im = ax.imshow(data, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
-    ax.set_xticks(range(len(cols)), cols)
-    ax.set_yticks(range(len(rows)), rows)
-    ax.set_xlabel("evaluation language")
-    ax.set_ylabel("attack language")
-    for i, r in enumerate(data):
-        for j, v in enumerate(r):
-            if v == v:
-                ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=9,
-                        color="white" if abs(v) > 0.6 * vmax else "black")
-    fig.colorbar(im, ax=ax, label="harmful-refusal drop vs " + str(transfer["state_before"]))
-    ax.set_title(f"{title}: refusal drop ({transfer['state_before']} - {transfer['state_after']})", fontsize=10)
-    fig.tight_layout()
-    tmp = path.with_suffix(f".tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    heatmap(transfer["rows"], transfer["cols"],
+            [[None if v is None else 100 * v for v in r] for r in transfer["drop"]], path,
+            title=f"{title}: refusal drop ({transfer['state_before']} - {transfer['state_after']})",
+            ylabel="attack language", label="harmful-refusal drop vs " + str(transfer["state_before"]) + " (points)")
 
 
 def _fmt(stat: dict | None, digits: int = 3) -> str:
