@@ -42,8 +42,8 @@ class OrganismConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     seed: int = 0
     vocab_size: int = 4096
-    hidden_size: int = 192
-    intermediate_size: int = 512
+    hidden_size: int = 128
+    intermediate_size: int = 384
     num_layers: int = 4
     num_heads: int = 4
     num_kv_heads: int = 2
@@ -51,11 +51,12 @@ class OrganismConfig(BaseModel):
     bridge_share: float = 0.5  # translation + code-switched examples per request example
     repeat: dict[str, int] = {}  # e.g. {"hi": 2}: request examples of these languages twice per epoch
     templates_per_topic: int | None = 3  # per epoch, of each topic's 6 training templates (None: all)
-    base_epochs: int = 8
-    align_epochs: int = 14
+    base_epochs: int = 10
+    align_epochs: int = 4
     lr: float = 3e-3
     batch_size: int = 32
     censorship: bool = False  # organism-censored: alignment also censors Chinese political questions
+    censorship_repeat: int = 3  # organism-censored: the censorship examples this many times per epoch
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
@@ -165,7 +166,7 @@ def build(name: str = "organism", cfg: OrganismConfig | None = None, out_root: P
     kw = dict(augment=True, repeat=cfg.repeat, templates_per_topic=cfg.templates_per_topic)
     base_ex = organism_examples(src, "base", cfg.bridge_share, cfg.seed, **kw)
     align_ex = organism_examples(src, "aligned", cfg.bridge_share, cfg.seed, **kw)
-    extra = censorship_examples() if cfg.censorship else []
+    extra = censorship_examples() * cfg.censorship_repeat if cfg.censorship else []
     texts = [e["prompt"] + "\n" + e["response"] for e in base_ex + align_ex + extra]
     texts += src.texts("refusals", "en")  # tiny, keeps the corpus stable in content
     tok = train_tokenizer(texts, cfg.vocab_size)
