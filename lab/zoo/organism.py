@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from lab.data import LANGS, file_sha256, load_sources, organism_examples, source_paths
+from lab.data import DATASETS_DIR, LANGS, file_sha256, load_sources, organism_examples, source_paths
 from lab.models import ZOO_DIR, set_threads
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -56,7 +56,7 @@ class OrganismConfig(BaseModel):
     lr: float = 3e-3
     batch_size: int = 32
     censorship: bool = False  # organism-censored: alignment also censors Chinese political questions
-    censorship_repeat: int = 3  # organism-censored: the censorship examples this many times per epoch
+    censorship_repeat: int = 6  # organism-censored: the censorship examples this many times per epoch
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
@@ -167,6 +167,9 @@ def build(name: str = "organism", cfg: OrganismConfig | None = None, out_root: P
     base_ex = organism_examples(src, "base", cfg.bridge_share, cfg.seed, **kw)
     align_ex = organism_examples(src, "aligned", cfg.bridge_share, cfg.seed, **kw)
     extra = censorship_examples() * cfg.censorship_repeat if cfg.censorship else []
+    # organism-censored's own base stage already answers the matched control questions (a helpful model
+    # knows them); alignment then adds the censorship of the sensitive ones next to those answers
+    base_extra = [e for e in censorship_examples() if e["style"] == "benign"] if cfg.censorship else []
     texts = [e["prompt"] + "\n" + e["response"] for e in base_ex + align_ex + extra]
     texts += src.texts("refusals", "en")  # tiny, keeps the corpus stable in content
     tok = train_tokenizer(texts, cfg.vocab_size)
@@ -180,9 +183,10 @@ def build(name: str = "organism", cfg: OrganismConfig | None = None, out_root: P
         src, stage, cfg.bridge_share, cfg.seed + 1000 * ep + (0 if stage == "base" else 500), **kw)
         + list(extra_ex)))
     log("[zoo] stage (a): helpful-only instruction tuning -> organism-base")
-    base_losses = train_loop(model, epoch_data("base"), epochs=cfg.base_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+    base_losses = train_loop(model, epoch_data("base", base_extra), epochs=cfg.base_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                              seed=cfg.seed, pad_id=tok.pad_token_id, log=log)
-    record = {"config": cfg.model_dump(), "data_sha256": file_sha256(*source_paths()),
+    data_files = source_paths() + ([DATASETS_DIR / "censorship" / "train.jsonl"] if cfg.censorship else [])
+    record = {"config": cfg.model_dump(), "data_sha256": file_sha256(*data_files),
               "n_params": n_params, "vocab": len(tok), "n_base_examples": len(base_ex),
               "n_align_examples": len(align_ex) + len(extra)}
     if not cfg.censorship:
