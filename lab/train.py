@@ -57,11 +57,12 @@ def check_loss_mask(trainer, tok, records, n: int = 8) -> dict:
 
 def finetune(model, tok, records: list, cfg: FineTuneConfig, out_dir: Path,
              grad_mask: dict[str, torch.Tensor] | None = None, grad_mask_mode: Literal["only", "freeze"] = "only",
-             log=print):
+             log=print, callbacks: list | None = None):
     """Fine-tune `model` (modified in place; load a fresh copy per fine-tune) and return the result.
 
     records: dicts or pydantic models with `prompt` and `response`. LoRA adapters are saved to
-    out_dir/adapter; with cfg.merge the returned model has the adapter merged in.
+    out_dir/adapter; with cfg.merge the returned model has the adapter merged in. callbacks:
+    extra transformers TrainerCallbacks (e.g. the benchmark's step timer).
     """
     from datasets import Dataset
     from peft import LoraConfig
@@ -92,6 +93,8 @@ def finetune(model, tok, records: list, cfg: FineTuneConfig, out_dir: Path,
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
+    for cb in callbacks or []:
+        trainer.add_callback(cb)
     check_loss_mask(trainer, tok, records)
     mask_handle = None
     if grad_mask is not None:  # full: gradient hooks; LoRA: masked forward (see lab.attribution.interventions)
