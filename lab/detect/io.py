@@ -14,6 +14,7 @@ partial or half-written output (an existing output file is left untouched).
 from __future__ import annotations
 
 import json
+import contextlib
 import os
 import tempfile
 from itertools import combinations
@@ -99,24 +100,36 @@ def iter_records(input_path, with_line: bool = False):
             yield (no, rec, line) if with_line else (no, rec)
 
 
-def _atomic_writer(output_path):
+@contextlib.contextmanager
+def _atomic_output(output_path):
+    """Yield (path, file handle) of a temp file beside output_path; on success it is renamed into place,
+    on any error it is removed (readers never see a half-written output)."""
     out = Path(output_path)
     d = out.parent if str(out.parent) else Path(".")
     if not d.is_dir():
         raise DetectInputError(f"{out}: output folder {d} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=d)
-    return out, tmp, os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+    fh = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+    try:
+        yield out, fh
+        fh.close()
+        os.replace(tmp, out)
+    except BaseException:
+        fh.close()
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def detect_file(input_path, output_path, method: str = "tiered") -> dict:
     """Judge every line of a JSONL file; write the annotated lines atomically; return summary counts."""
     if method not in METHODS:
         raise DetectInputError(f"unknown detector method {method!r}; choose one of {', '.join(METHODS)}")
-    out, tmp, fh = _atomic_writer(output_path)
     counts = {"hard": 0, "deflection": 0, "soft": 0, "none": 0}
     n = refusals = empty = 0
-    ok = False
-    try:
+    with _atomic_output(output_path) as (out, fh):
         buf = []
         add = buf.append
         no_out_keys = _OUT_KEY_SET.isdisjoint
@@ -151,16 +164,6 @@ def detect_file(input_path, output_path, method: str = "tiered") -> dict:
                 empty += 1
         if buf:
             fh.write("".join(buf))
-        fh.close()
-        os.replace(tmp, out)
-        ok = True
-    finally:
-        if not ok:
-            fh.close()
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
     return {"input": os.fspath(input_path), "output": os.fspath(out), "method": method,
             "version": DETECTOR_VERSION, "n": n, "refusals": refusals,
             "refusal_rate": round(refusals / n, 4) if n else 0.0, "empty": empty, "by_category": counts}
@@ -175,11 +178,9 @@ def compare_file(input_path, methods, disagreements_path) -> dict:
     for m in methods:
         if m not in METHODS:
             raise DetectInputError(f"unknown detector method {m!r}; choose from {', '.join(METHODS)}")
-    out, tmp, fh = _atomic_writer(disagreements_path)
     decisions = {m: [] for m in methods}
     n = ndis = 0
-    ok = False
-    try:
+    with _atomic_output(disagreements_path) as (out, fh):
         for no, rec in iter_records(input_path):
             resp = rec["response"]
             prompt = rec.get("prompt") if isinstance(rec.get("prompt"), str) else None
@@ -197,16 +198,6 @@ def compare_file(input_path, methods, disagreements_path) -> dict:
                 row["verdicts"] = {m: {"refusal": v.refusal, "category": v.category, "score": v.score,
                                        "evidence": v.evidence} for m, v in vs.items()}
                 fh.write(_dumps(row) + "\n")
-        fh.close()
-        os.replace(tmp, out)
-        ok = True
-    finally:
-        if not ok:
-            fh.close()
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
     kappa = {f"{a}|{b}": cohen_kappa(decisions[a], decisions[b]) for a, b in combinations(methods, 2)}
     rate = {m: round(sum(d) / n, 4) if n else 0.0 for m, d in decisions.items()}
     return {"input": os.fspath(input_path), "disagreements_path": os.fspath(out), "n": n, "methods": methods,
