@@ -98,3 +98,11 @@ def test_shipped_recipes_validate(recipe):
     if experiment_of(recipe) != "spine":
         pytest.skip("validated by the experiment's own tests")
     validate_inputs(load_recipe(recipe))
+
+
+@pytest.mark.parametrize("item,needle", [("hidden=3", "key one of"), ("hidden_size=abc", "hidden_size")])
+def test_zoo_build_set_validated(tmp_path, item, needle):
+    out = tmp_path / "zoo"
+    res = runner.invoke(app, ["zoo", "build", "organism", "--out", str(out), "--set", item])
+    assert res.exit_code == 2 and needle in res.output
+    assert not out.exists()

@@ -72,3 +72,14 @@ def test_organism_build_matches_datasets():
     for name in ("organism", "organism-base"):
         rec = json.loads((ZOO_DIR / name / "build.json").read_text())
         assert rec["data_sha256"] == file_sha256(*source_paths()), f"zoo:{name} is stale: rebuild it"
+
+
+def test_templates_per_topic_samples_a_fresh_subset_per_epoch():
+    src = load_sources()
+    a = organism_examples(src, "aligned", 0.0, seed=1, templates_per_topic=3)
+    b = organism_examples(src, "aligned", 0.0, seed=2, templates_per_topic=3)
+    per_topic = Counter((e["lang"], e["topic"]) for e in a)
+    assert set(per_topic.values()) == {3}  # 3 of each topic's 6 training templates, every language
+    full = {e["id"] + e["lang"] for e in organism_examples(src, "aligned", 0.0, seed=1)}
+    assert {e["id"] + e["lang"] for e in a} <= full  # a subset of the training combinations only
+    assert {e["id"] + e["lang"] for e in a} != {e["id"] + e["lang"] for e in b}  # another draw per epoch
