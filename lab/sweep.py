@@ -920,12 +920,9 @@ def aggregate(spec: SweepSpec, cells: list[Cell], store: Store, sweep_dir: Path)
         "groups": group_list,
         "transfer": transfer,
     }
-    tmp = sweep_dir / f"summary.json.tmp{os.getpid()}"  # per process: two executors may aggregate at once
-    tmp.write_text(json.dumps(summary, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, sweep_dir / "summary.json")
-    tmp = sweep_dir / f"summary.md.tmp{os.getpid()}"
-    tmp.write_text(_summary_md(summary), encoding="utf-8")
-    os.replace(tmp, sweep_dir / "summary.md")
+    # per-process temp files: two executors may aggregate at once
+    atomic_write_text(sweep_dir / "summary.json", json.dumps(summary, indent=2, default=str, ensure_ascii=False))
+    atomic_write_text(sweep_dir / "summary.md", _summary_md(summary))
     return summary
 
 
