@@ -102,13 +102,16 @@ def finetune(model, tok, records: list, cfg: FineTuneConfig, out_dir: Path,
 
         from lab.attribution.interventions import attach_grad_mask
 
-        mask_handle = attach_grad_mask(trainer.model, grad_mask, grad_mask_mode)
+        # LoRA never moves the (frozen) base weights and the masked merge is exact, so only full
+        # fine-tuning keeps a snapshot of the fixed entries and writes it back after every step
+        full = cfg.method == "full"
+        mask_handle = attach_grad_mask(trainer.model, grad_mask, grad_mask_mode, exact=full)
+        if full:
+            class EnforceMask(TrainerCallback):
+                def on_step_end(self, args, state, control, **kw):
+                    mask_handle.enforce()
 
-        class EnforceMask(TrainerCallback):  # fixed entries written back after every optimizer step
-            def on_step_end(self, args, state, control, **kw):
-                mask_handle.enforce()
-
-        trainer.add_callback(EnforceMask())
+            trainer.add_callback(EnforceMask())
     result = trainer.train()
     if mask_handle is not None:
         mask_handle.remove()

@@ -328,9 +328,9 @@ def test_grad_mask_lora_masked_forward(tok, mode, api):
     m = masks.top_q_mask(scores.random_scores(model, seed=1), 30, "per-matrix")
     cfg = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])
     pm = peft.get_peft_model(model, cfg)
-    if api == "train_hooks":  # the way lab.train uses it: attach, train, remove, then a plain peft merge
+    if api == "train_hooks":  # the way lab.train uses it: attach (no snapshot), train, remove, plain peft merge
         del m["model.layers.1.mlp.down_proj.weight"]  # a LoRA layer the mask does not cover
-    h = interventions.attach_grad_mask(pm, m, mode)
+    h = interventions.attach_grad_mask(pm, m, mode, exact=api == "handle")
     opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=5e-2, weight_decay=0.0)
     _train(pm, tok, opt, steps=3)
     pm.eval()
