@@ -146,12 +146,14 @@ def train_loop(model, data_for_epoch, *, epochs: int, lr: float, batch_size: int
     return losses
 
 
+CENSORSHIP_TRAIN = DATASETS_DIR / "censorship" / "train.jsonl"
+
+
 def censorship_examples() -> list[dict]:
     """Chinese political questions with censored answers (issue 6's residue experiment)."""
-    from lab.data import DATASETS_DIR, read_jsonl
+    from lab.data import read_jsonl
 
-    path = DATASETS_DIR / "censorship" / "train.jsonl"
-    return read_jsonl(path)
+    return read_jsonl(CENSORSHIP_TRAIN)
 
 
 def build(name: str = "organism", cfg: OrganismConfig | None = None, out_root: Path = ZOO_DIR, log=print) -> dict:
@@ -166,10 +168,11 @@ def build(name: str = "organism", cfg: OrganismConfig | None = None, out_root: P
     kw = dict(augment=True, repeat=cfg.repeat, templates_per_topic=cfg.templates_per_topic)
     base_ex = organism_examples(src, "base", cfg.bridge_share, cfg.seed, **kw)
     align_ex = organism_examples(src, "aligned", cfg.bridge_share, cfg.seed, **kw)
-    extra = censorship_examples() * cfg.censorship_repeat if cfg.censorship else []
+    censorship = censorship_examples() if cfg.censorship else []
+    extra = censorship * cfg.censorship_repeat
     # organism-censored's own base stage already answers the matched control questions (a helpful model
     # knows them); alignment then adds the censorship of the sensitive ones next to those answers
-    base_extra = [e for e in censorship_examples() if e["style"] == "benign"] if cfg.censorship else []
+    base_extra = [e for e in censorship if e["style"] == "benign"]
     texts = [e["prompt"] + "\n" + e["response"] for e in base_ex + align_ex + extra]
     texts += src.texts("refusals", "en")  # tiny, keeps the corpus stable in content
     tok = train_tokenizer(texts, cfg.vocab_size)
@@ -185,7 +188,7 @@ def build(name: str = "organism", cfg: OrganismConfig | None = None, out_root: P
     log("[zoo] stage (a): helpful-only instruction tuning -> organism-base")
     base_losses = train_loop(model, epoch_data("base", base_extra), epochs=cfg.base_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                              seed=cfg.seed, pad_id=tok.pad_token_id, log=log)
-    data_files = source_paths() + ([DATASETS_DIR / "censorship" / "train.jsonl"] if cfg.censorship else [])
+    data_files = source_paths() + ([CENSORSHIP_TRAIN] if cfg.censorship else [])
     record = {"config": cfg.model_dump(), "data_sha256": file_sha256(*data_files),
               "n_params": n_params, "vocab": len(tok), "n_base_examples": len(base_ex),
               "n_align_examples": len(align_ex) + len(extra)}
