@@ -8,29 +8,15 @@ trainable tokens decode to the assistant's text — silent masking failures are 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from transformers import TrainerCallback
 
+from lab.config import FineTuneConfig
 from lab.errors import LabError
-
-
-class FineTuneConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    method: Literal["lora", "full"] = "lora"
-    lr: float = 3e-3
-    epochs: int = 5
-    batch_size: int = 8
-    seed: int = 0
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    target_modules: list[str] | str = "all-linear"
-    merge: bool = True
-    max_length: int = 256
 
 
 def check_loss_mask(trainer, tok, records, n: int = 8) -> dict:
@@ -55,14 +41,67 @@ def check_loss_mask(trainer, tok, records, n: int = 8) -> dict:
     return {"checked_examples": min(n, len(ds)), "trainable_tokens": n_tok}
 
 
-def finetune(model, tok, records: list, cfg: FineTuneConfig, out_dir: Path,
-             grad_mask: dict[str, torch.Tensor] | None = None, grad_mask_mode: Literal["only", "freeze"] = "only",
-             log=print, callbacks: list | None = None):
+class TrainHook:
+    """Something that changes how one fine-tune trains, without train.py knowing what it is.
+
+    `before_train(trainer)` runs after the SFTTrainer is built and its loss mask checked; it may add
+    TrainerCallbacks or wrap `trainer.compute_loss` by instance assignment. `after_train(trainer)` runs
+    after training, before the adapter is saved/merged (undo hooks there). Masks (lab.attribution),
+    defenses (lab.defenses) and benchmarks plug in this way.
+    """
+
+    def before_train(self, trainer) -> None:
+        pass
+
+    def after_train(self, trainer) -> None:
+        pass
+
+
+class Diverged(LabError):
+    """The fine-tune produced a non-finite loss or weights, or its loss rose far above where it started."""
+
+
+class _DivergenceGuard(TrainerCallback):
+    """Stop at the first non-finite training loss; keep the per-step losses."""
+
+    def __init__(self):
+        self.losses: list[float] = []
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "loss" in logs:
+            loss = float(logs["loss"])
+            self.losses.append(loss)
+            if not math.isfinite(loss):
+                raise Diverged(f"fine-tuning diverged: training loss is {loss} at step {state.global_step} "
+                               f"(lr={args.learning_rate}); lower the learning rate. No result was recorded.")
+
+
+def check_diverged(losses: list[float], model, cfg) -> None:
+    """After training: non-finite weights, or a final loss far above the first one, mean the run diverged.
+
+    A run whose loss ends above 1.5x its first steps' loss made the model worse at its own data: its
+    answers are degenerate (e.g. full fine-tuning at lr=10 answers "nnnn..."), not an attack result.
+    """
+    for n, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise Diverged(f"fine-tuning diverged: weight '{n}' has non-finite values (lr={cfg.lr}); "
+                           "lower the learning rate. No result was recorded.")
+    if len(losses) >= 4:
+        k = max(1, len(losses) // 10)
+        first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+        if last > 1.5 * first:
+            raise Diverged(f"fine-tuning diverged: training loss rose from {first:.3g} to {last:.3g} "
+                           f"(lr={cfg.lr}, method={cfg.method}); lower the learning rate. No result was recorded.")
+
+
+def finetune(model, tok, records: list, cfg: FineTuneConfig, out_dir: Path, *,
+             hooks: list[TrainHook] | None = None, callbacks: list | None = None, log=print):
     """Fine-tune `model` (modified in place; load a fresh copy per fine-tune) and return the result.
 
     records: dicts or pydantic models with `prompt` and `response`. LoRA adapters are saved to
-    out_dir/adapter; with cfg.merge the returned model has the adapter merged in. callbacks:
-    extra transformers TrainerCallbacks (e.g. the benchmark's step timer).
+    out_dir/adapter; with cfg.merge the returned model has the adapter merged in. hooks: TrainHooks
+    (gradient masks, defenses); callbacks: extra transformers TrainerCallbacks (e.g. a step timer).
+    Raises Diverged (a LabError) on a non-finite loss or weights or a rising loss.
     """
     from datasets import Dataset
     from peft import LoraConfig
@@ -81,7 +120,7 @@ def finetune(model, tok, records: list, cfg: FineTuneConfig, out_dir: Path,
         output_dir=str(out_dir / "trainer"), learning_rate=cfg.lr, num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size, seed=cfg.seed, data_seed=cfg.seed, max_length=cfg.max_length,
         completion_only_loss=True, bf16=on_gpu, activation_checkpointing=False, report_to="none",
-        save_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
+        save_strategy="no", logging_strategy="steps", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
         weight_decay=0.0, warmup_steps=0, lr_scheduler_type="linear", use_cpu=not on_gpu,
     )
     peft_config = None
@@ -96,25 +135,14 @@ def finetune(model, tok, records: list, cfg: FineTuneConfig, out_dir: Path,
     for cb in callbacks or []:
         trainer.add_callback(cb)
     check_loss_mask(trainer, tok, records)
-    mask_handle = None
-    if grad_mask is not None:  # full: gradient hooks; LoRA: masked forward (see lab.attribution.interventions)
-        from transformers import TrainerCallback
-
-        from lab.attribution.interventions import attach_grad_mask
-
-        # LoRA never moves the (frozen) base weights and the masked merge is exact, so only full
-        # fine-tuning keeps a snapshot of the fixed entries and writes it back after every step
-        full = cfg.method == "full"
-        mask_handle = attach_grad_mask(trainer.model, grad_mask, grad_mask_mode, exact=full)
-        if full:
-            class EnforceMask(TrainerCallback):
-                def on_step_end(self, args, state, control, **kw):
-                    mask_handle.enforce()
-
-            trainer.add_callback(EnforceMask())
+    guard = _DivergenceGuard()
+    trainer.add_callback(guard)
+    for h in hooks or []:
+        h.before_train(trainer)
     result = trainer.train()
-    if mask_handle is not None:
-        mask_handle.remove()
+    for h in reversed(hooks or []):
+        h.after_train(trainer)
+    check_diverged(guard.losses, trainer.model, cfg)
     log(f"  trained {cfg.method}: {result.global_step} steps, final loss {result.training_loss:.4f}")
     model = trainer.model
     if cfg.method == "lora":
