@@ -1,19 +1,16 @@
-"""Rates with Wilson intervals, per-language refusal metrics, loophole rates and transfer matrices."""
+"""Rates with Wilson intervals, per-language refusal metrics, loophole rates and transfer matrices.
+
+The intervals themselves live in :mod:`lab.stats` (scipy); they are re-exported here.
+"""
 from __future__ import annotations
 
 import math
 from collections import defaultdict
 
+from lab.stats import t_interval, wilson_interval
 
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval for k successes out of n (0, 1 when n == 0)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, mid - half), min(1.0, mid + half))
+__all__ = ["wilson_interval", "t_interval", "json_safe", "rate", "refusal_metrics", "loophole_rates",
+           "transfer_matrix"]
 
 
 def json_safe(obj):
@@ -29,19 +26,6 @@ def json_safe(obj):
 
 def rate(k: int, n: int) -> float:
     return k / n if n else float("nan")
-
-
-def t_interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and 95 % t-interval over seeds (half-width 0 for a single value)."""
-    from statistics import mean, stdev
-
-    n = len(values)
-    m = mean(values)
-    if n < 2:
-        return m, m, m
-    t = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}.get(n, 1.96)
-    h = t * stdev(values) / math.sqrt(n)
-    return m, m - h, m + h
 
 
 def refusal_metrics(rows: list[dict]) -> dict[str, dict]:
