@@ -7,7 +7,7 @@ import torch
 from lab.attribution import masks
 from lab.attribution.cli_entry import attribute_main
 from lab.attribution.memory import estimate_from_model, estimate_peak
-from lab.attribution.toy import TOY_RECORDS, tiny_model, tiny_tokenizer
+from attribution_toy import TOY_RECORDS, tiny_model, tiny_tokenizer
 
 torch.set_num_threads(1)
 
