@@ -275,3 +275,27 @@ def test_grad_mask_lora_masked_forward(tok, mode, api):
         else:
             assert torch.equal(p, before[k]), k
     assert changed > 0
+
+
+# ----------------------------------------------------------------------------------- per-row scope
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("rounding", ["round", "floor"])
+def test_per_row_scope_matches_brute_force(ties, rounding):
+    s = _rand_scores(7, ties)
+    s["bias"] = torch.rand(7, generator=torch.Generator().manual_seed(1))  # 1-D: one row
+    q = 30
+    got = masks.top_q_mask(s, q, "per-row", rounding)
+    for k, v in s.items():
+        rows = v.reshape(1, -1) if v.dim() == 1 else v
+        kk = round(q / 100 * rows.shape[1]) if rounding == "round" else int(q / 100 * rows.shape[1])
+        for r in range(rows.shape[0]):  # each row: its own top kk, ties to the lowest column
+            want = _brute_topk([("r", rows[r])], kk)["r"]
+            assert torch.equal(got[k].reshape(rows.shape)[r], want), (k, r)
+    assert int(got["a.0.q.weight"].sum()) == 8 * (2 if rounding == "round" else 1)  # 30 % of 6 cols
+    d = masks.set_difference_mask(s, _rand_scores(8) | {"bias": torch.rand(7)}, q, 20, "per-row")
+    u = masks.top_q_mask(_rand_scores(8), 20, "per-row")
+    assert torch.equal(d["a.1.q.weight"], masks.top_q_mask(s, q, "per-row")["a.1.q.weight"] & ~u["a.1.q.weight"])
+    with pytest.raises(Exception, match="rounding"):
+        masks.top_q_mask(s, q, "per-row", "ceil")

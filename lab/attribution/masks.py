@@ -3,8 +3,13 @@
 q and p are PERCENT (q=5 means the top 5 % of weights), matching the issue and the recipe.
 
 Scope:
-  "per-matrix": each weight matrix keeps round(q/100 * numel) of its own weights;
-  "global":     round(q/100 * N_total) weights over all scored matrices together.
+  "per-matrix": each weight matrix keeps k(q, numel) of its own weights;
+  "per-row":    each output row keeps k(q, in_features) of its own weights (Wanda's convention and the
+                reference's plain masks, `torch.sort(W_metric, dim=-1, stable=True)` per row); 1-D
+                parameters count as one row;
+  "global":     k(q, N_total) weights over all scored matrices together.
+k(q, n) = round(q/100 * n) (`rounding="round"`, default) or int(q/100 * n) (`rounding="floor"`, what the
+reference's `int(W.shape[1] * sparsity_ratio)` and `int(q * numel)` compute).
 
 Selection is exact: k elements are chosen even with ties; ties at the threshold go to the lowest
 flat index, parameters in dict order (this is what a stable descending sort of the concatenated
@@ -30,7 +35,9 @@ from safetensors.torch import save_file
 from lab.errors import LabError
 
 Mask = dict[str, torch.Tensor]
-SCOPES = ("global", "per-matrix")
+SCOPES = ("global", "per-matrix", "per-row")
+ROUNDINGS = ("round", "floor")
+_ROW_CHUNK = 1024
 _CHUNK = 1 << 24
 
 
@@ -96,31 +103,57 @@ def _top_k_exact(named: list[tuple[str, torch.Tensor]], k: int) -> Mask:
     return out
 
 
-def top_q_mask(scores: Mapping[str, torch.Tensor], q: float, scope: str = "per-matrix") -> Mask:
-    """Boolean mask of the top q % of weights by score (per matrix or over all matrices)."""
+def n_selected(q: float, n: int, rounding: str = "round") -> int:
+    """How many of n weights the top q % keeps."""
+    if rounding not in ROUNDINGS:
+        raise LabError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+    x = q / 100.0 * n
+    return round(x) if rounding == "round" else int(math.floor(x + 1e-9))
+
+
+def _row_top_k(s: torch.Tensor, k: int) -> torch.Tensor:
+    """Top k of every row (ties: lowest column), by a stable descending sort of row chunks."""
+    s2 = s.reshape(1, -1) if s.dim() < 2 else s.reshape(s.shape[0], -1)  # (rows, cols)
+    out = torch.zeros(s2.shape, dtype=torch.bool, device=s.device)
+    if k > 0:
+        for r in range(0, s2.shape[0], _ROW_CHUNK):
+            idx = torch.sort(s2[r:r + _ROW_CHUNK].float(), dim=1, descending=True, stable=True).indices[:, :k]
+            out[r:r + _ROW_CHUNK].scatter_(1, idx, True)  # (chunk, cols)
+    return out.reshape(s.shape)
+
+
+def top_q_mask(scores: Mapping[str, torch.Tensor], q: float, scope: str = "per-matrix",
+               rounding: str = "round") -> Mask:
+    """Boolean mask of the top q % of weights by score (per matrix, per output row, or over all matrices)."""
     q = _check_pct(q, "q")
     if scope not in SCOPES:
         raise LabError(f"scope must be one of {SCOPES}, got {scope!r}")
     _validate(scores)
     if scope == "global":
         n = sum(s.numel() for s in scores.values())
-        return _top_k_exact(list(scores.items()), round(q / 100.0 * n))
+        return _top_k_exact(list(scores.items()), n_selected(q, n, rounding))
     out: Mask = {}
     for name, s in scores.items():
-        out.update(_top_k_exact([(name, s)], round(q / 100.0 * s.numel())))
+        if scope == "per-row":
+            cols = s[0].numel() if s.dim() >= 2 else s.numel()
+            out[name] = _row_top_k(s, n_selected(q, cols, rounding))
+        else:
+            out.update(_top_k_exact([(name, s)], n_selected(q, s.numel(), rounding)))
     return out
 
 
 def set_difference_mask(safety: Mapping[str, torch.Tensor], utility: Mapping[str, torch.Tensor] | None,
-                        q: float, p: float | None, scope: str = "per-matrix") -> Mask:
-    """top-q % by safety score AND NOT top-p % by utility score (same scope). p None/0: plain top-q."""
-    m = top_q_mask(safety, q, scope)
+                        q: float, p: float | None, scope: str = "per-matrix", rounding: str = "round") -> Mask:
+    """top-q % by safety score AND NOT top-p % by utility score (same scope). p None/0: plain top-q.
+
+    The reference (`prune_wandg_set_difference`) does this per matrix with rounding="floor"."""
+    m = top_q_mask(safety, q, scope, rounding)
     if utility is None or not p:
         return m
     if set(utility) != set(safety):
         missing = sorted(set(safety) ^ set(utility))[:3]
         raise LabError(f"safety and utility scores cover different parameters (e.g. {missing})")
-    u = top_q_mask({n: utility[n] for n in safety}, p, scope)
+    u = top_q_mask({n: utility[n] for n in safety}, p, scope, rounding)
     return {n: m[n] & ~u[n] for n in m}
 
 
