@@ -230,3 +230,39 @@ def merge_masked_lora(peft_model: nn.Module, handle: GradMaskHandle) -> nn.Modul
     merged = peft_model.merge_and_unload()
     handle.enforce(merged)
     return merged
+
+
+class GradMaskHook:
+    """`attach_grad_mask` as a lab.train hook: `finetune(..., hooks=[GradMaskHook(mask, "only")])`.
+
+    before_train(trainer): attaches the mask to trainer.model (before the optimizer is built, so "only"
+    leaves uncovered parameters out of it). Full fine-tuning snapshots the fixed entries and a
+    TrainerCallback writes them back after every optimizer step (exact for any optimizer, weight decay
+    included); LoRA (a peft model) gets the masked forward and masked merge, no snapshot (its base
+    weights are frozen and the merge writes W + 0 on fixed entries). after_train(trainer): removes the
+    gradient hooks and restores requires_grad; the LoRA merge patch stays, so a plain
+    `merge_and_unload()` afterwards is exact. `full=None` detects LoRA from the model."""
+
+    def __init__(self, mask: Mask, mode: str = "only", *, full: bool | None = None):
+        if mode not in ("only", "freeze"):
+            raise LabError(f"grad_mask_mode must be 'only' or 'freeze', got {mode!r}")
+        self.mask, self.mode, self.full = mask, mode, full
+        self.handle: GradMaskHandle | None = None
+
+    def before_train(self, trainer) -> None:
+        from transformers import TrainerCallback
+
+        model = trainer.model
+        full = self.full if self.full is not None else not _lora_layers(model)
+        self.handle = handle = attach_grad_mask(model, self.mask, self.mode, exact=full)
+        if full:
+            class EnforceMask(TrainerCallback):  # fixed entries written back after every optimizer step
+                def on_step_end(self, args, state, control, **kw):
+                    handle.enforce()
+            trainer.add_callback(EnforceMask())
+
+    def after_train(self, trainer) -> None:
+        if self.handle is not None:
+            self.handle.enforce()
+            self.handle.remove()
+            self.handle = None
