@@ -189,3 +189,88 @@ def test_logging_errors_never_raise(tmp_path, capfd):
     err = capfd.readouterr().err
     assert sum(l.startswith("lab: W&B") for l in err.splitlines()) == 1  # one note, not one per failure
     assert read_offline_run(tmp_path / "run")["summary"]["aligned/en/n_harmful"] == 20
+
+
+def _killed_attempt(run_dir: Path, log: bool) -> None:
+    """A process that starts tracking (and maybe logs) and is then killed with SIGKILL.
+
+    wandb-core buffers the run's log and dies with its parent: the killed attempt's .wandb file
+    holds the header only, whether it logged or not."""
+    import subprocess
+    import sys
+
+    code = ("import os, signal, time; from lab.tracking import start_tracking; "
+            f"tr = start_tracking({str(run_dir)!r}, {{'seed': 0}}, mode='offline', name='r'); "
+            + ("tr.log_metrics({'models': {'aligned': {'en': {'harmful_refusal': 0.5}}}}); time.sleep(1.5); " if log else "")
+            + "os.kill(os.getpid(), signal.SIGKILL)")
+    import os
+
+    # its own wandb service, like a separate `lab run` (not the one this test process started)
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120, env=env)
+    assert p.returncode == -9, p.stderr.decode()[-2000:]
+
+
+def test_killed_offline_run_resumes_the_same_run_without_an_empty_leftover(tmp_path):
+    run_dir = tmp_path / "run"
+    _killed_attempt(run_dir, log=True)
+    stored = (run_dir / "wandb" / "lab-run-id").read_text().strip()
+    assert [d.name.endswith(stored) for d in (run_dir / "wandb").glob("offline-run-*")] == [True]
+    tr = start_tracking(run_dir, {"seed": 0}, mode="offline", name="r")
+    tr.log_metrics(METRICS)
+    tr.finish()
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, "the empty killed attempt must not stay behind for `wandb sync`"
+    back = read_offline_run(run_dir)
+    assert back["run_id"] == stored and back["state"] == "finished"
+    assert back["summary"]["aligned/en/harmful_refusal"] == 0.9
+
+
+def test_a_run_that_logged_is_never_removed(tmp_path):
+    run_dir = tmp_path / "run"
+    tr = start_tracking(run_dir, {"seed": 0}, mode="offline", name="r")
+    tr.log_metrics({"models": {"aligned": {"en": {"harmful_refusal": 0.5}}}})
+    tr.finish()
+    stored = (run_dir / "wandb" / "lab-run-id").read_text().strip()
+    tr = start_tracking(run_dir, {"seed": 0}, mode="offline", name="r")  # e.g. tracking the same dir again
+    tr.finish()
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(f"-{stored}" in d.name for d in runs)  # same W&B run, nothing lost
+    assert read_offline_run(runs[0])["summary"]["aligned/en/harmful_refusal"] == 0.5
+
+
+def test_netrc_login_is_read_and_never_logged(tmp_path, monkeypatch, capfd):
+    import os
+
+    home = Path(os.environ["HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    netrc_file = home / ".netrc"
+    netrc_file.write_text(f"machine api.wandb.ai\n  login user\n  password {KEY}\n")
+    netrc_file.chmod(0o600)
+    assert resolve_mode("auto") == "online"
+    # a secret that ended up in a config is replaced before W&B sees it
+    run_dir = tmp_path / "run"
+    tr = start_tracking(run_dir, {"seed": 0, "note": f"key={KEY}"}, mode="offline")
+    tr.finish()
+    assert read_offline_run(run_dir)["config"]["note"] == "key=***"
+    for f in run_dir.rglob("*"):
+        if f.is_file():
+            assert KEY.encode() not in f.read_bytes(), f
+    out, err = capfd.readouterr()
+    assert KEY not in out + err
+    netrc_file.write_text("machine other.host\n  login user\n  password x\n")
+    assert resolve_mode("auto") == "offline"
+
+
+def test_bad_sweep_param_file_names_the_file(tmp_path, monkeypatch):
+    from lab.errors import LabError
+    from lab.tracking import sweep_overrides_from_env
+
+    bad = tmp_path / "params.yaml"
+    bad.write_text("- just\n- a list\n")
+    monkeypatch.setenv("WANDB_SWEEP_PARAM_PATH", str(bad))
+    with pytest.raises(LabError, match="params.yaml.*WANDB_SWEEP_PARAM_PATH"):
+        sweep_overrides_from_env()
+    monkeypatch.setenv("WANDB_SWEEP_PARAM_PATH", str(tmp_path / "missing.yaml"))
+    with pytest.raises(LabError, match="missing.yaml"):
+        sweep_overrides_from_env()
