@@ -24,7 +24,7 @@ def _err(msg: str) -> None:
 
 
 def lab_errors(fn):
-    """Bad input -> one clear message and exit code 2 (no traceback)."""
+    """Bad input -> one clear message and exit code 2 (no traceback); Ctrl-C -> how to resume, exit 130."""
     @functools.wraps(fn)
     def wrapper(*a, **kw):
         try:
@@ -32,11 +32,9 @@ def lab_errors(fn):
         except LabError as e:
             _err(str(e))
             raise typer.Exit(2)
-        except ValueError as e:  # e.g. the detector's input errors (subclass ValueError)
-            if type(e).__name__.endswith("InputError"):
-                _err(str(e))
-                raise typer.Exit(2)
-            raise
+        except KeyboardInterrupt:
+            _err("interrupted — rerun the same command to resume (finished model states are kept)")
+            raise typer.Exit(130)
         if isinstance(rc, int) and rc:
             raise typer.Exit(rc)
     return wrapper
@@ -48,76 +46,53 @@ def _log(quiet: bool):
 
 @app.command()
 @lab_errors
-def run(recipe: Path = typer.Argument(..., help="recipe YAML"),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/<name>-<hash>)"),
-        set_: List[str] = typer.Option([], "--set", help="override a recipe field: key=value (dotted path)"),
+def run(recipe: Path = typer.Argument(..., help="recipe YAML (its `kind:` says which experiment)"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/<name>-<config hash>)"),
+        set_: List[str] = typer.Option([], "--set", help="override a recipe field: key=value (dotted path, list indices too)"),
+        force: bool = typer.Option(False, "--force", help="discard results in --out that belong to another config"),
+        workers: int = typer.Option(1, "--workers", "-w", min=1, max=8, help="processes for independent model states"),
         no_wandb: bool = typer.Option(False, "--no-wandb", help="no W&B tracking for this run"),
         quiet: bool = typer.Option(False, "--quiet", "-q")):
-    """Run a recipe: evaluate, fine-tune, evaluate, report."""
-    from lab.config import experiment_of, load_recipe, parse_override
-    from lab.runner import run as run_recipe
+    """Run a recipe of any kind (transfer, localization, censorship, defense) under one run contract."""
+    from lab.config import parse_override
+    from lab.experiments import load_recipe, run as run_recipe
+    from lab.tracking import sweep_overrides_from_env
 
-    overrides = dict(parse_override(s) for s in set_)
-    try:
-        from lab.tracking import sweep_overrides_from_env
-        overrides = {**sweep_overrides_from_env(), **overrides}
-    except ImportError:
-        pass
-    experiment = experiment_of(recipe)
-    if experiment == "safety-localization":
-        from lab.attribution.recipe import run_safety_localization
-
-        run_safety_localization(_load_yaml_with(recipe, overrides, no_wandb), out or Path("runs") / "safety-localization",
-                                log=_log(quiet))
-        return 0
-    if experiment == "censorship-residue":
-        from lab.probe import run_probe_recipe
-
-        run_probe_recipe(recipe, out, overrides, tracking="none" if no_wandb else None, log=_log(quiet))
-        return 0
-    if experiment != "spine":
-        raise LabError(f"{recipe}: unknown experiment '{experiment}' (spine, safety-localization, censorship-residue)")
+    overrides = {**sweep_overrides_from_env(), **dict(parse_override(s) for s in set_)}
     r = load_recipe(recipe, overrides)
-    run_recipe(r, out, tracking="none" if no_wandb else None, log=_log(quiet))
-
-
-def _load_yaml_with(path: Path, overrides: dict, no_wandb: bool) -> dict:
-    import yaml
-
-    from lab.config import _set_dotted
-
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise LabError(f"{path}: invalid YAML ({e})") from None
-    for k, v in overrides.items():
-        _set_dotted(raw, k, v)
-    if no_wandb:
-        raw["tracking"] = "none"
-    return raw
+    run_recipe(r, out, tracking="none" if no_wandb else None, force=force, workers=workers, log=_log(quiet))
 
 
 @app.command("eval")
 @lab_errors
-def eval_(model: str = typer.Option("zoo:organism", "--model", "-m", help="hub id, local path or zoo:<name>"),
-          langs: str = typer.Option("zh,ja,en,it,hi", "--langs"),
+def eval_(model: str = typer.Option("zoo:organism", "--model", "-m", help="hub id, local path, *.gguf or zoo:<name>"),
+          langs: str = typer.Option("zh,ja,en,it,hi", "--langs", help="comma-separated: zh,ja,en,it,hi"),
+          data: str = typer.Option("datasets/splits/eval.jsonl", "--data", help="evaluation prompts"),
           limit: Optional[int] = typer.Option(None, "--limit", help="parallel prompts per kind"),
-          detector: str = typer.Option("tiered", "--detector"),
+          detector: str = typer.Option("tiered", "--detector", help="a method, or several comma-separated"),
           out: Optional[Path] = typer.Option(None, "--out", "-o"),
+          force: bool = typer.Option(False, "--force"),
           trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
           no_wandb: bool = typer.Option(False, "--no-wandb"),
           quiet: bool = typer.Option(False, "--quiet", "-q")):
-    """Evaluate one model on the held-out harmful and benign prompts (no fine-tuning)."""
-    from lab.config import EvalConfig, Recipe
-    from lab.runner import run as run_recipe
-    from pydantic import ValidationError
+    """Evaluate one model on held-out harmful and benign prompts (no fine-tuning); the state is named after the model."""
+    from lab.experiments import recipe_from_dict, run as run_recipe
 
-    try:
-        ev = EvalConfig(langs=[l.strip() for l in langs.split(",")], limit=limit, detector=detector)
-    except ValidationError as e:
-        raise LabError(f"--langs/--detector: {e.errors()[0]['msg']}") from None
-    r = Recipe(name="eval", model=model, eval=ev, trust_remote_code=trust_remote_code)
-    run_recipe(r, out, tracking="none" if no_wandb else None, log=_log(quiet))
+    dets = [d.strip() for d in detector.split(",") if d.strip()]
+    raw = {"kind": "transfer", "name": "eval", "model": model, "trust_remote_code": trust_remote_code,
+           "baseline": model_state_name(model),
+           "eval": {"data": data, "langs": [l.strip() for l in langs.split(",") if l.strip()], "limit": limit,
+                    "detector": dets[0] if len(dets) == 1 else dets}}
+    r = recipe_from_dict(raw, "lab eval")
+    run_recipe(r, out, tracking="none" if no_wandb else None, force=force, log=_log(quiet))
+
+
+def model_state_name(spec: str) -> str:
+    """A state name for a model spec: zoo:organism -> organism, Qwen/Qwen2.5-7B-Instruct -> Qwen2.5-7B-Instruct."""
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9._+-]", "-", spec.rstrip("/").split(":")[-1].split("/")[-1]).strip("-.") or "model"
+    return name[:100]
 
 
 @app.command()

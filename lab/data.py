@@ -107,15 +107,17 @@ class EvalPrompt(BaseModel):
     category: str | None = None
 
 
-def read_jsonl(path: str | Path, schema: type[BaseModel] | None = None) -> list:
+def read_jsonl(path: str | Path, schema: type[BaseModel] | None = None, unique: str | None = None) -> list:
     """Read a JSONL file; every line must be a JSON object (and match `schema` if given).
 
-    Raises LabError naming file and line on a missing file, invalid UTF-8/JSON or a schema mismatch.
+    Raises LabError naming file and line on a missing file, invalid UTF-8/JSON, a schema mismatch or
+    (with `unique`) a repeated value of that field.
     """
     path = Path(path)
     if not path.is_file():
         raise LabError(f"{path}: dataset file not found")
     out = []
+    seen: dict = {}
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             if not raw.strip():
@@ -138,6 +140,11 @@ def read_jsonl(path: str | Path, schema: type[BaseModel] | None = None) -> list:
                 lang = getattr(obj, "lang", None)
                 if lang is not None and lang not in LANGS and schema in (ChatExample, EvalPrompt):
                     raise LabError(f"{path}:{lineno}: unknown language code '{lang}' (expected one of {', '.join(LANGS)})")
+            if unique is not None:
+                key = obj.get(unique) if isinstance(obj, dict) else getattr(obj, unique, None)
+                if key in seen:
+                    raise LabError(f"{path}:{lineno}: {unique} {key!r} repeats line {seen[key]} (it would be counted twice)")
+                seen[key] = lineno
             out.append(obj)
     return out
 
@@ -420,7 +427,7 @@ def write_splits(root: Path = DATASETS_DIR, seed: int = 0) -> dict[str, int]:
 
 def load_eval(path: str | Path, langs: Iterable[str], limit: int | None = None) -> list[EvalPrompt]:
     """Evaluation prompts for `langs`; `limit` keeps the first N pids per kind (parallel across langs)."""
-    recs = read_jsonl(path, EvalPrompt)
+    recs = read_jsonl(path, EvalPrompt, unique="id")
     langs = list(langs)
     recs = [r for r in recs if r.lang in langs]
     if limit is not None:  # evenly spaced parallel prompts, so both held-out kinds stay represented

@@ -14,7 +14,7 @@ def _pct(x) -> str:
 
 
 def _ci(m: dict, key: str) -> str:
-    lo, hi = m.get(f"{key}_ci", [None, None])
+    lo, hi = m.get(f"{key}_ci") or [None, None]
     return f"{_pct(m[key])} [{_pct(lo)}–{_pct(hi)}]"
 
 
@@ -29,10 +29,11 @@ def seed_groups(metrics: dict) -> dict[str, list[str]]:
 def grouped_drop(metrics: dict) -> tuple[list[str], list[str], dict]:
     """(rows, langs, {row: {lang: (mean, lo, hi)}}) of the harmful-refusal drop vs aligned, over seeds."""
     models = metrics["models"]
-    langs = list(models["aligned"])
+    b = metrics.get("baseline", "aligned")
+    langs = list(models[b])
     out = {}
     for g, states in seed_groups(metrics).items():
-        out[g] = {l: t_interval([models["aligned"][l]["harmful_refusal"] - models[s][l]["harmful_refusal"] for s in states])
+        out[g] = {l: t_interval([models[b][l]["harmful_refusal"] - models[s][l]["harmful_refusal"] for s in states])
                   for l in langs}
     return list(out), langs, out
 
@@ -77,9 +78,27 @@ def plot_transfer(metrics: dict, path: Path) -> None:
                 label="harmful-refusal drop vs aligned (points)")
 
 
+def refusal_table(models: dict, langs: list[str]) -> str:
+    """Markdown: one row per state; per language harmful refusal % [95 % Wilson CI] and benign refusal %."""
+    head = "| state | " + " | ".join(f"{l} harmful | {l} benign" for l in langs) + " |"
+    lines = [head, "|---" * (1 + 2 * len(langs)) + "|"]
+    for state, per in models.items():
+        cells = []
+        for l in langs:
+            m = per.get(l)
+            cells += [_ci(m, "harmful_refusal"), _ci(m, "benign_refusal")] if m else ["—", "—"]
+        lines.append(f"| {state} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _margin(x) -> str:
+    return "—" if x is None or x != x else f"{x:+.2f}"
+
+
 def render_markdown(metrics: dict) -> str:
     models = metrics["models"]
-    langs = list(models["aligned"])
+    b = metrics.get("baseline", "aligned")
+    langs = list(models[b])
     L = [f"# Run report: {metrics.get('recipe')}", "",
          f"Model: `{metrics.get('model')}` · config hash `{metrics.get('config_hash')}` · "
          f"wall time {metrics.get('timings', {}).get('wall_seconds', '?')} s", "",
@@ -91,13 +110,13 @@ def render_markdown(metrics: dict) -> str:
     for s, m in models.items():
         L.append(f"| {s} | " + " | ".join(_ci(m[l], "harmful_refusal") if l in m else "—" for l in langs) + " | "
                  + " | ".join(_ci(m[l], "benign_refusal") if l in m else "—" for l in langs) + " |")
-    a = models["aligned"]
+    a = models[b]
     L += ["", f"n per language: harmful {a[langs[0]]['n_harmful']}, benign {a[langs[0]]['n_benign']}.", ""]
     rows, _, vals = grouped_drop(metrics)
     if rows:
         n_seeds = {g: len(v) for g, v in seed_groups(metrics).items()}
         L += ["## Transfer matrix: harmful-refusal drop vs aligned (points)", "",
-              "Rows: fine-tune (attack language); columns: evaluation language. "
+              f"Drop vs `{b}`. Rows: fine-tune (attack language); columns: evaluation language. "
               + ("Mean over seeds with 95 % t-interval." if max(n_seeds.values()) > 1 else "Single seed."), "",
               "| fine-tune | seeds | " + " | ".join(langs) + " |", "|---|---" + "|---" * len(langs) + "|"]
         for r in rows:
@@ -119,13 +138,25 @@ def render_markdown(metrics: dict) -> str:
         L += ["", "## Log-prob refusal margin (harmful prompts; > 0 prefers refusing)", "",
               "| state | " + " | ".join(langs) + " |", "|---" * (1 + len(langs)) + "|"]
         for s, m in models.items():
-            L.append(f"| {s} | " + " | ".join(f"{m[l].get('refusal_margin', float('nan')):+.2f}" if l in m else "—" for l in langs) + " |")
+            L.append(f"| {s} | " + " | ".join(_margin(m[l].get("refusal_margin")) if l in m else "—" for l in langs) + " |")
     lh = metrics.get("loophole", {})
     if lh:
         L += ["", "## Loophole rate (prompt refused in English, parallel prompt answered in X), %", "",
               "| state | " + " | ".join(f"en→{l}" for l in langs if l != "en") + " |", "|---" * len(langs) + "|"]
         for s, d in lh.items():
             L.append(f"| {s} | " + " | ".join(_pct(d.get(f"en->{l}")) for l in langs if l != "en") + " |")
+    judges = metrics.get("judges") or {}
+    if judges:
+        L += ["", "## The same answers under other detectors (harmful refusal %, Cohen's kappa vs the first)", "",
+              "| state | detector | " + " | ".join(langs) + " | kappa | disagreements |", "|---" * (4 + len(langs)) + "|"]
+        for s, per in judges.items():
+            for det, j in per.items():
+                kappa = next((v for k, v in j.items() if k.startswith("kappa_vs_")), None)
+                L.append(f"| {s} | {det} | " + " | ".join(_pct(j["metrics"].get(l, {}).get("harmful_refusal")) for l in langs)
+                         + f" | {'—' if kappa is None else f'{kappa:.2f}'} | {j['disagreements']} |")
+    diverged = metrics.get("diverged") or {}
+    if diverged:
+        L += ["", "## Diverged fine-tunes (no result recorded)", ""] + [f"- `{s}`: {m}" for s, m in diverged.items()]
     trunc = {s: sum(m[l].get("truncated", 0) for l in m) for s, m in models.items()}
     if any(trunc.values()):
         L += ["", "Truncated answers (no end of turn within max_new_tokens): "
@@ -142,6 +173,16 @@ def write_report(out_dir: Path, metrics: dict) -> None:
 
 
 def report_from_dir(run_dir: Path) -> str:
-    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    from lab.errors import LabError
+
+    path = Path(run_dir) / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LabError(f"{path}: cannot read the run's metrics ({str(e)[:200]})") from None
+    if not isinstance(metrics, dict) or "models" not in metrics:
+        raise LabError(f"{path}: not a lab metrics.json (no 'models' key)")
+    if metrics.get("kind", "transfer") != "transfer":
+        raise LabError(f"{path}: `lab report` re-renders transfer runs; a {metrics['kind']} run's report.md is final")
     write_report(Path(run_dir), metrics)
     return str(Path(run_dir) / "report.md")

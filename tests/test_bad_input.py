@@ -22,7 +22,7 @@ def _run(tmp_path, body):
     return res, out
 
 
-BASE = "name: t\nmodel: zoo:organism\neval: {limit: 2}\n"
+BASE = "kind: transfer\nname: t\nmodel: zoo:organism\neval: {limit: 2}\n"
 
 
 def test_misspelled_key_names_key_and_valid_keys(tmp_path):
@@ -67,18 +67,18 @@ def test_unknown_language_in_data_file(tmp_path):
 
 
 def test_nonexistent_model_path(tmp_path):
-    res, out = _run(tmp_path, "name: t\nmodel: ./no/such/model\n")
+    res, out = _run(tmp_path, "kind: transfer\nname: t\nmodel: ./no/such/model\n")
     assert res.exit_code == 2 and "./no/such/model" in res.output and "does not exist" in res.output
     assert not out.exists()
 
 
 def test_unknown_zoo_name(tmp_path):
-    res, out = _run(tmp_path, "name: t\nmodel: zoo:nope\n")
+    res, out = _run(tmp_path, "kind: transfer\nname: t\nmodel: zoo:nope\n")
     assert res.exit_code == 2 and "zoo:nope" in res.output and "organism" in res.output
 
 
 def test_invalid_yaml_names_line(tmp_path):
-    res, out = _run(tmp_path, "name: t\nmodel: [unclosed\n")
+    res, out = _run(tmp_path, "kind: transfer\nname: t\nmodel: [unclosed\n")
     assert res.exit_code == 2 and "invalid YAML" in res.output and "r.yaml:" in res.output
     assert not out.exists()
 
@@ -92,12 +92,9 @@ def test_set_override_validated(tmp_path):
 
 @pytest.mark.parametrize("recipe", sorted(str(p) for p in Path("recipes").glob("*.yaml")))
 def test_shipped_recipes_validate(recipe):
-    from lab.config import experiment_of, load_recipe
-    from lab.runner import validate_inputs
+    from lab.experiments import experiment_for, load_recipe
 
-    if experiment_of(recipe) != "spine":
-        pytest.skip("validated by the experiment's own tests")
-    validate_inputs(load_recipe(recipe))
+    experiment_for(load_recipe(recipe)).validate()
 
 
 @pytest.mark.parametrize("item,needle", [("hidden=3", "key one of"), ("hidden_size=abc", "hidden_size")])

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.config import load_recipe
 from lab.errors import LabError
-from lab.runner import run
+from lab.experiments import load_recipe, run
 
 TINY = {"eval.limit": 3, "eval.margin": True, "tracking": "none"}
 

@@ -1,0 +1,323 @@
+"""The experiment protocol and the run contract every recipe kind shares.
+
+An experiment (one per `kind:`) says WHAT to compute:
+    validate()            load every input (data, model reachable, prompt lengths); LabError; writes nothing
+    states()              the model states, in order (e.g. aligned, attack-en@s0, ...)
+    prepare(ctx)          shared artifacts before the states (canary, masks); cache them under ctx.out_dir
+    run_state(name, ctx)  compute one state -> StateResult (json-able record + generations)
+    assemble(results, ctx) the kind's metrics from every state's record (and its generations)
+    write_report(out, m)  report.md (+ figures) from the metrics
+
+`run()` says HOW, identically for every kind: validate -> run dir keyed by the resolved config
+(a dir holding another config stops with the differing keys) -> per-state cache (states/<name>.json,
+written atomically after its generations, so kill -9 loses at most the state in progress) ->
+fine-tunes that diverge are recorded as diverged, never as results -> report.md, generations.jsonl,
+config.yaml, metrics.json (last: its presence marks a finished run) -> tracking.
+
+How to add a recipe kind: subclass `Experiment` in lab/experiments/<kind>.py with a `Recipe` model
+(subclass of lab.config.RecipeBase with `kind: Literal["<kind>"]`), implement the methods above, and
+register the class in `lab/experiments/__init__.py` KINDS. `lab run` then gives it the whole contract.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from lab.config import EvalConfig, RecipeBase, config_diff, dump_recipe, resolve_path
+from lab.data import atomic_write_text, read_jsonl, write_json, write_jsonl
+from lab.errors import LabError
+
+
+@dataclass
+class StateResult:
+    record: dict                      # json-able: the state's metrics and whatever assemble() needs
+    generations: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class RunContext:
+    out_dir: Path
+    log: object = print
+    workers: int = 1
+    worker: bool = False              # True inside a worker process (prepare() skips one-off checks)
+
+    @property
+    def states_dir(self) -> Path:
+        return self.out_dir / "states"
+
+    def done(self, name: str) -> bool:
+        return (self.states_dir / f"{name}.json").is_file()
+
+    def load(self, name: str) -> dict:
+        return json.loads((self.states_dir / f"{name}.json").read_text(encoding="utf-8"))
+
+
+class Experiment:
+    kind: ClassVar[str]
+    Recipe: ClassVar[type[RecipeBase]]
+    serial_states: ClassVar[tuple[str, ...]] = ("aligned",)  # run before the others, in the main process
+
+    def __init__(self, recipe: RecipeBase, log=print):
+        self.recipe = recipe
+        self.log = log
+
+    def validate(self) -> None:
+        raise NotImplementedError
+
+    def states(self) -> list[str]:
+        raise NotImplementedError
+
+    def prepare(self, ctx: RunContext) -> None:
+        pass
+
+    def run_state(self, name: str, ctx: RunContext) -> StateResult:
+        raise NotImplementedError
+
+    def assemble(self, results: dict[str, dict], ctx: RunContext) -> dict:
+        raise NotImplementedError
+
+    def write_report(self, out_dir: Path, metrics: dict) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------------- shared steps
+def check_model_and_prompts(spec: str, prompts: list[str], max_new_tokens: int | None, *,
+                            trust_remote_code: bool = False) -> None:
+    """The model is reachable and every rendered prompt + new tokens fits its context (before any write)."""
+    from lab.generate import render_prompts
+    from lab.models import load_tokenizer, resolve
+
+    resolve(spec)
+    tok = load_tokenizer(spec, trust_remote_code=trust_remote_code)
+    ctx = context_length(spec)
+    if ctx is None or not prompts:
+        return
+    longest = max(prompts, key=len)
+    if len(longest) > 64 * ctx:  # a cheap bound before tokenizing a huge prompt
+        raise LabError(f"a prompt of {len(longest):,} characters cannot fit model '{spec}' (context {ctx} tokens)")
+    n = max(len(tok(r, add_special_tokens=False)["input_ids"]) for r in render_prompts(tok, sorted(prompts, key=len)[-8:]))
+    need = n + (max_new_tokens or 0)
+    if need > ctx:
+        raise LabError(f"the longest prompt is {n} tokens; with max_new_tokens={max_new_tokens} it needs {need} "
+                       f"> model '{spec}' context of {ctx} tokens (shorten the prompt or lower eval.max_new_tokens)")
+
+
+def context_length(spec: str) -> int | None:
+    from lab.models import resolve
+
+    path = Path(resolve(spec))
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        return None
+    c = json.loads(cfg.read_text(encoding="utf-8"))
+    c = c.get("text_config", c)
+    return c.get("max_position_embeddings")
+
+
+def canary(model, tok, spec: str, ev: EvalConfig, log) -> dict:
+    """Before an attack: the starting model must refuse the canary prompts in every evaluated language.
+
+    A wrong chat template silently yields 0 % refusal, which would make every attack look like a success.
+    """
+    from lab.detect import detect_batch
+    from lab.generate import generate
+
+    rates = {}
+    for lang in ev.langs:
+        recs = read_jsonl(resolve_path(f"datasets/splits/canary-{lang}.jsonl"))
+        gens = generate(model, tok, [r["prompt"] for r in recs], max_new_tokens=48, batch_size=16)
+        v = detect_batch([g.response for g in gens], [r["prompt"] for r in recs], [lang] * len(recs))
+        rates[lang] = sum(x.refusal for x in v) / len(v)
+    bad = {l: r for l, r in rates.items() if r < ev.canary_min}
+    if bad:
+        ok = [l for l in ev.langs if l not in bad]
+        raise LabError(
+            f"model '{spec}' refuses too few canary harmful prompts before the attack in "
+            f"{', '.join(f'{l} ({r:.0%})' for l, r in bad.items())} (need >= {ev.canary_min:.0%}). Check the chat "
+            f"template / model; restrict the languages with --set eval.langs=[{','.join(ok)}] (or `--langs` for lab eval) "
+            "if the model does not speak them, or set eval.canary=false to attack an unaligned model on purpose.")
+    log(f"  canary refusal before attack: {', '.join(f'{l} {r:.0%}' for l, r in rates.items())}")
+    return rates
+
+
+def evaluate_state(model, tok, ev: EvalConfig, records, name: str, log, *, margin: bool | None = None) -> StateResult:
+    """Generate -> judge -> aggregate for one model state (the one evaluation path of every kind)."""
+    from lab.evaluate import evaluate_model
+
+    dets = ev.detectors
+    res = evaluate_model(model, tok, records, state=name, langs=ev.langs, max_new_tokens=ev.max_new_tokens,
+                         batch_size=ev.batch_size, detector=dets[0], margin=ev.margin if margin is None else margin,
+                         log=log)
+    record = {"metrics": res.metrics, "loophole": res.loophole}
+    if len(dets) > 1:
+        record["judges"] = judge_side_by_side(res.generations, dets)
+    return StateResult(record, res.generations)
+
+
+def judge_side_by_side(rows: list[dict], methods: list[str]) -> dict:
+    """Refusal rates of one state's answers under several detectors, and Cohen's kappa vs the first."""
+    from lab.detect import detect_batch
+    from lab.metrics import refusal_metrics
+    from lab.stats import cohen_kappa
+
+    first = [bool(r["refusal"]) for r in rows]
+    out = {}
+    for m in methods[1:]:
+        v = detect_batch([r["response"] for r in rows], [r["prompt"] for r in rows], [r["lang"] for r in rows], method=m)
+        judged = [dict(r, refusal=x.refusal) for r, x in zip(rows, v)]
+        out[m] = {"metrics": refusal_metrics(judged), "kappa_vs_" + methods[0]: cohen_kappa(first, [x.refusal for x in v]),
+                  "disagreements": sum(a != b.refusal for a, b in zip(first, v))}
+    return out
+
+
+# ------------------------------------------------------------------------------------- the contract
+def default_out(recipe: RecipeBase) -> Path:
+    return Path("runs") / f"{recipe.name}-{recipe.config_hash()}"
+
+
+def _check_out_dir(out: Path, recipe: RecipeBase, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise LabError(f"--out {out}: exists and is not a directory")
+    saved = out / "states" / "config.json"
+    if not saved.is_file():
+        if out.is_dir() and any(out.iterdir()) and not force and not (out / "states").is_dir():
+            raise LabError(f"--out {out}: directory exists, is not empty and holds no lab run "
+                           "(choose another directory or pass --force)")
+        return
+    old = json.loads(saved.read_text(encoding="utf-8"))
+    new = recipe.model_dump(mode="json")
+    diff = config_diff(old, new)
+    if diff and not force:
+        raise LabError(f"--out {out} holds a run of a different config (keys differ: {', '.join(diff[:12])}"
+                       f"{' ...' if len(diff) > 12 else ''}); its results are kept. Use another --out, "
+                       "or --force to discard them.")
+    if diff and force:
+        import shutil
+
+        shutil.rmtree(out)
+
+
+def run(recipe: RecipeBase, out_dir: Path | None = None, *, tracking: str | None = None, force: bool = False,
+        workers: int = 1, log=print) -> dict:
+    """Run any recipe kind under the shared contract; returns the metrics (also in out_dir/metrics.json)."""
+    from lab.experiments import experiment_for
+    from lab.models import set_threads
+
+    set_threads()
+    exp = experiment_for(recipe, log)
+    exp.validate()                                            # nothing is written before this passes
+    out = Path(out_dir) if out_dir else default_out(recipe)
+    _check_out_dir(out, recipe, force)
+    if (out / "metrics.json").is_file():
+        log(f"[lab] {out} is complete (metrics.json exists, same config); nothing to do")
+        return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    ctx = RunContext(out, log, workers)
+    ctx.states_dir.mkdir(parents=True, exist_ok=True)
+    if not (ctx.states_dir / "config.json").is_file():
+        write_json(ctx.states_dir / "config.json", recipe.model_dump(mode="json"))
+    tracker = _start_tracking(recipe, out, tracking)
+    t0 = time.time()
+    log(f"[lab] {recipe.kind} '{recipe.name}' -> {out}")
+    names = exp.states()
+    todo = [n for n in names if not ctx.done(n)]
+    for n in names:
+        if n not in todo:
+            log(f"  [{n}] done earlier; skipped")
+    if todo:
+        exp.prepare(ctx)
+    serial = [n for n in todo if n in exp.serial_states or workers <= 1]
+    for n in serial:
+        run_one_state(exp, n, ctx)
+    rest = [n for n in todo if n not in serial]
+    if rest:
+        _run_parallel(recipe, rest, ctx, workers)
+    results = {n: ctx.load(n) for n in names}
+    diverged = {n: r["diverged"] for n, r in results.items() if "diverged" in r}
+    metrics = exp.assemble({n: r["record"] for n, r in results.items() if "record" in r}, ctx)
+    metrics = {"kind": recipe.kind, "recipe": recipe.name, "model": recipe.model, "config_hash": recipe.config_hash(),
+               **metrics, "diverged": diverged,
+               "timings": {**{k: v for n, r in results.items() for k, v in r.get("timings", {}).items()},
+                           "wall_seconds": round(time.time() - t0, 2)}}
+    gens = []
+    for n in names:
+        p = ctx.states_dir / f"{n}.generations.jsonl"
+        if p.is_file():
+            gens += read_jsonl(p)
+    write_jsonl(out / "generations.jsonl", gens)
+    exp.write_report(out, metrics)
+    atomic_write_text(out / "config.yaml", dump_recipe(recipe))
+    write_json(out / "metrics.json", metrics)                # last: marks the run finished
+    for n, msg in diverged.items():
+        log(f"[lab] WARNING {n}: {msg}")
+    _finish_tracking(tracker, out, metrics)
+    log(f"[lab] done in {time.time() - t0:.1f} s: {out / 'report.md'}")
+    return metrics
+
+
+def run_one_state(exp: Experiment, name: str, ctx: RunContext) -> None:
+    from lab.train import Diverged
+
+    t = time.time()
+    try:
+        res = exp.run_state(name, ctx)
+    except Diverged as e:
+        ctx.log(f"  [{name}] {e}")
+        write_json(ctx.states_dir / f"{name}.json", {"diverged": str(e), "timings": {f"state/{name}": round(time.time() - t, 2)}})
+        return
+    write_jsonl(ctx.states_dir / f"{name}.generations.jsonl", res.generations)
+    write_json(ctx.states_dir / f"{name}.json", {"record": res.record, "timings": {
+        **res.record.pop("_timings", {}), f"state/{name}": round(time.time() - t, 2)}})
+
+
+def _worker(kind: str, recipe_json: dict, out: str, name: str) -> str:
+    from lab.experiments import KINDS
+    from lab.models import set_threads
+
+    set_threads()
+    cls = KINDS[kind]
+    exp = cls(cls.Recipe.model_validate(recipe_json), log=lambda *a, **k: None)
+    exp.validate()
+    ctx = RunContext(Path(out), exp.log, 1, worker=True)
+    exp.prepare(ctx)
+    run_one_state(exp, name, ctx)
+    return name
+
+
+def _run_parallel(recipe: RecipeBase, names: list[str], ctx: RunContext, workers: int) -> None:
+    """Independent states in `workers` spawned processes (one torch thread each); same results as one."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        futs = [pool.submit(_worker, recipe.kind, recipe.model_dump(mode="json"), str(ctx.out_dir), n) for n in names]
+        for f in as_completed(futs):
+            ctx.log(f"  [{f.result()}] done (worker)")
+
+
+def _start_tracking(recipe: RecipeBase, out_dir: Path, mode: str | None):
+    mode = mode or recipe.tracking
+    if mode == "none":
+        return None
+    from lab.tracking import start_tracking
+
+    return start_tracking(out_dir, recipe.model_dump(mode="json"), mode=mode, name=out_dir.name, job_type=recipe.kind)
+
+
+def _finish_tracking(tracker, out_dir: Path, metrics: dict) -> None:
+    if tracker is None:
+        return
+    tracker.log_metrics({k: v for k, v in metrics.items() if k in ("models", "transfer", "timings", "diverged")})
+    tr = metrics.get("transfer")
+    if tr:
+        tracker.log_table("transfer_matrix", ["state"] + tr["langs"],
+                          [[s] + [row.get(l) for l in tr["langs"]] for s, row in tr["rows"].items()])
+    for png in sorted(out_dir.glob("*.png")):
+        tracker.log_image(png.stem, png)
+    if (out_dir / "report.md").is_file():
+        tracker.log_artifact(out_dir / "report.md", "report", "report")
+    for adapter in (out_dir / "finetunes").glob("*/adapter"):
+        tracker.log_artifact(adapter, f"adapter-{adapter.parent.name.replace('@', '-')}", "lora-adapter")
+    tracker.finish()

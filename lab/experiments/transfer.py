@@ -1,0 +1,139 @@
+"""kind: transfer — evaluate the starting model, fine-tune it (harmful attack or benign control) in one
+language per fine-tune, evaluate every fine-tuned state in every language: the transfer matrix.
+
+States: `aligned`, then one per fine-tune (x seed: `<state>@s<seed>` when `seeds:` is given).
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from lab.config import FineTune, RecipeBase, check_name, resolve_path
+from lab.errors import LabError
+from lab.experiments.base import Experiment, RunContext, StateResult, canary, check_model_and_prompts, evaluate_state
+
+
+class TransferRecipe(RecipeBase):
+    kind: Literal["transfer"]
+    baseline: str = Field("aligned", description="state name of the starting model (lab eval: the model's name)")
+    seeds: list[int] | None = Field(None, min_length=1, description="repeat every fine-tune for each seed (states get @s<seed>)")
+    attack: FineTune | None = Field(None, description="a single fine-tune (sweeps address attack.lang, attack.lr, ...)")
+    finetunes: list[FineTune] = Field(default_factory=list)
+    defaults: dict = Field(default_factory=dict, description="values applied to every fine-tune unless it sets them")
+
+    @model_validator(mode="after")
+    def _names_unique(self):
+        names = [f.state for f in self.all_finetunes()]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"fine-tune names must be unique, repeated: {sorted(dup)}")
+        check_name(self.baseline, "baseline")
+        if self.baseline in names:
+            raise ValueError(f"a fine-tune may not be named '{self.baseline}' (the starting model's state)")
+        if self.seeds and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds repeat: {self.seeds}")
+        return self
+
+    def all_finetunes(self) -> list[FineTune]:
+        return ([self.attack] if self.attack else []) + list(self.finetunes)
+
+    def plan(self) -> list[tuple[str, FineTune]]:
+        """(state name, fine-tune with its seed) for every fine-tune x seed."""
+        out = []
+        for seed in self.seeds or [self.seed]:
+            for ft in self.all_finetunes():
+                out.append((ft.state if not self.seeds else f"{ft.state}@s{seed}", ft.model_copy(update={"seed": seed})))
+        return out
+
+
+class TransferExperiment(Experiment):
+    kind = "transfer"
+    Recipe = TransferRecipe
+
+    @property
+    def serial_states(self):
+        return (self.recipe.baseline,)
+
+    def validate(self) -> None:
+        from lab.data import load_eval, load_finetune_set
+
+        r = self.recipe
+        self.evals = load_eval(resolve_path(r.eval.data), r.eval.langs, r.eval.limit)
+        if not self.evals:
+            raise LabError(f"{r.eval.data}: no evaluation prompts for languages {r.eval.langs}")
+        self.sets = {n: load_finetune_set(resolve_path(ft.dataset_path), ft.n_examples) for n, ft in r.plan()}
+        for n, ft in r.plan():
+            if len(self.sets[n]) < ft.n_examples:
+                raise LabError(f"fine-tune {n}: n_examples={ft.n_examples} but {ft.dataset_path} has only "
+                               f"{len(self.sets[n])} examples")
+        check_model_and_prompts(r.model, [e.prompt for e in self.evals], r.eval.max_new_tokens,
+                                trust_remote_code=r.trust_remote_code)
+        self.plan = dict(r.plan())
+
+    def states(self) -> list[str]:
+        return [self.recipe.baseline] + list(self.plan)
+
+    def _load(self):
+        from lab.models import load_model
+
+        return load_model(self.recipe.model, trust_remote_code=self.recipe.trust_remote_code)
+
+    def prepare(self, ctx: RunContext) -> None:
+        r = self.recipe
+        attacks_left = [n for n in self.plan if not ctx.done(n)]
+        if attacks_left and r.eval.canary and ctx.done(r.baseline) and not ctx.worker:  # resumed after aligned
+            model, tok = self._load()
+            canary(model, tok, r.model, r.eval, self.log)
+
+    def run_state(self, name: str, ctx: RunContext) -> StateResult:
+        r = self.recipe
+        model, tok = self._load()
+        if name == r.baseline:
+            if self.plan and r.eval.canary:
+                canary(model, tok, r.model, r.eval, self.log)
+            t = time.time()
+            res = evaluate_state(model, tok, r.eval, self.evals, name, self.log)
+            res.record["_timings"] = {f"eval/{name}": round(time.time() - t, 2)}
+            return res
+        from lab.train import finetune
+
+        ft = self.plan[name]
+        self.log(f"[lab] fine-tune {name}: {ft.method} on {ft.dataset_path} (n={ft.n_examples}, lr={ft.lr}, "
+                 f"epochs={ft.epochs}, seed={ft.seed})")
+        work = ctx.out_dir / "finetunes" / name
+        shutil.rmtree(work, ignore_errors=True)
+        t = time.time()
+        model = finetune(model, tok, self.sets[name], ft.train_config(), work, log=self.log)
+        t_train = round(time.time() - t, 2)
+        shutil.rmtree(work / "trainer", ignore_errors=True)
+        t = time.time()
+        res = evaluate_state(model, tok, r.eval, self.evals, name, self.log)
+        res.record["_timings"] = {f"train/{name}": t_train, f"eval/{name}": round(time.time() - t, 2)}
+        return res
+
+    def assemble(self, results: dict[str, dict], ctx: RunContext) -> dict:
+        from lab.metrics import transfer_matrix
+
+        models = {s: results[s]["metrics"] for s in self.states() if s in results}
+        loophole = {s: results[s]["loophole"] for s in models}
+        finetunes = {n: {"data": ft.data, "lang": ft.lang, "method": ft.method, "lr": ft.lr, "epochs": ft.epochs,
+                         "n_examples": ft.n_examples, "seed": ft.seed, "base_state": ft.state}
+                     for n, ft in self.plan.items() if n in models}
+        judges = {s: results[s]["judges"] for s in models if "judges" in results[s]}
+        b = self.recipe.baseline
+        out = {"baseline": b, "models": models, "loophole": loophole, "finetunes": finetunes,
+               "transfer": transfer_matrix(models, baseline=b) if len(models) > 1 and b in models else None}
+        if judges:
+            out["judges"] = judges
+        return out
+
+    def write_report(self, out_dir, metrics: dict) -> None:
+        from lab.data import read_jsonl, write_jsonl
+        from lab.report import write_report
+
+        base = read_jsonl(out_dir / "states" / f"{self.recipe.baseline}.generations.jsonl")
+        write_jsonl(out_dir / "prompts.jsonl", [{"id": g["id"], "lang": g["lang"], "rendered": g["rendered"]} for g in base])
+        write_report(out_dir, metrics)
