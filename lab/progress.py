@@ -1,13 +1,4 @@
-"""Progress display for `lab run` and `lab sweep` (rich on a terminal, plain lines otherwise).
-
-Runs::
-
-    with RunProgress(quiet=args.quiet) as prog:
-        with prog.stage("fine-tune", total=n_steps) as st:
-            for ...: st.advance()
-        prog.log("wrote metrics.json")
-
-Sweeps (used by lab.sweep)::
+"""Progress display for `lab sweep` (rich on a terminal, plain lines otherwise)::
 
     with SweepProgress(total=18, done=5, workers=2, quiet=False, title="transfer-seeds") as sp:
         sp.started(name); sp.finished(name, ok=True, seconds=41.0)
@@ -25,7 +16,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator, TextIO
 
-__all__ = ["RunProgress", "SweepProgress", "format_seconds", "is_quiet"]
+__all__ = ["SweepProgress", "format_seconds", "is_quiet"]
 
 
 def is_quiet(quiet: bool | None = None, stream: TextIO | None = None) -> bool:
@@ -55,102 +46,6 @@ def format_seconds(s: float | None) -> str:
 
 
 # ----------------------------------------------------------------------------- runs
-
-
-class _Stage:
-    def __init__(self, owner: "RunProgress", name: str, total: int | None, task_id=None):
-        self.owner, self.name, self.total, self.task_id = owner, name, total, task_id
-        self.completed = 0
-        self.t0 = time.monotonic()
-
-    def advance(self, n: int = 1) -> None:
-        self.completed += n
-        if self.owner._progress is not None and self.task_id is not None:
-            self.owner._progress.advance(self.task_id, n)
-
-    def update(self, completed: int | None = None, total: int | None = None) -> None:
-        if completed is not None:
-            self.completed = completed
-        if total is not None:
-            self.total = total
-        if self.owner._progress is not None and self.task_id is not None:
-            self.owner._progress.update(self.task_id, completed=completed, total=total)
-
-    def __enter__(self) -> "_Stage":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.owner._end_stage(self, failed=exc[0] is not None)
-
-
-class RunProgress:
-    """Stages of one run, each with an optional step count."""
-
-    def __init__(self, quiet: bool | None = False, stream: TextIO | None = None):
-        self.stream = stream or sys.stderr
-        self.quiet = is_quiet(quiet, self.stream)
-        self._progress = None
-
-    def __enter__(self) -> "RunProgress":
-        if not self.quiet:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                SpinnerColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._progress = Progress(
-                SpinnerColumn(),
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                console=Console(file=self.stream),
-                transient=False,
-            )
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-
-    def stage(self, name: str, total: int | None = None) -> _Stage:
-        task_id = None
-        if self._progress is not None:
-            task_id = self._progress.add_task(name, total=total)
-        elif self.quiet:
-            pass  # quiet: one line when the stage ends
-        return _Stage(self, name, total, task_id)
-
-    def _end_stage(self, st: _Stage, failed: bool) -> None:
-        dt = time.monotonic() - st.t0
-        if self._progress is not None and st.task_id is not None:
-            task = self._progress.tasks[st.task_id] if st.task_id < len(self._progress.tasks) else None
-            if task is not None and task.total is None:
-                self._progress.update(st.task_id, total=max(st.completed, 1), completed=max(st.completed, 1))
-            elif not failed and task is not None:
-                self._progress.update(st.task_id, completed=task.total)
-        else:
-            status = "failed" if failed else "done"
-            print(f"[run] {st.name}: {status} in {format_seconds(dt)}", file=self.stream, flush=True)
-
-    def log(self, msg: str) -> None:
-        if self._progress is not None:
-            self._progress.console.print(msg)
-        else:
-            print(f"[run] {msg}", file=self.stream, flush=True)
-
-
-# ----------------------------------------------------------------------------- sweeps
 
 
 class SweepProgress:

@@ -234,11 +234,13 @@ def test_seed001_block_format():
 
 
 def test_recipe_validates(repo):
-    r = P.load_probe_recipe(repo / "recipes/censorship-residue.yaml")
-    assert [m.name for m in r.models][:1] and any(m.finetune for m in r.models)
+    from lab.experiments import load_recipe
+
+    r = load_recipe(repo / "recipes/censorship-residue.yaml")
+    assert r.kind == "censorship" and [m.name for m in r.models][:1] and any(m.finetune for m in r.models)
     assert set(r.probe.langs) == {"zh", "ja", "en"}
     with pytest.raises(P.LabError, match="probe.samplez"):
-        P.load_probe_recipe(repo / "recipes/censorship-residue.yaml", {"probe.samplez": 2})
+        load_recipe(repo / "recipes/censorship-residue.yaml", {"probe.samplez": 2})
 
 
 def test_probe_end_to_end_tiny_model(tmp_path, capsys):

@@ -302,3 +302,17 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130 and "rerun the same command to resume" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------ two workers
+def test_two_workers_give_the_same_metrics_as_one(finished, tmp_path):
+    from lab.experiments import load_recipe, run
+
+    path, _, one = finished["transfer"]
+    r = load_recipe(path, {"finetunes": [{"data": "harmful", "lang": "en", "n_examples": 8, "epochs": 1},
+                                         {"data": "benign", "lang": "en", "n_examples": 8, "epochs": 1}]})
+    serial = run(r, tmp_path / "w1", tracking="none", log=lambda *a, **k: None)
+    two = run(r, tmp_path / "w2", tracking="none", workers=2, log=lambda *a, **k: None)
+    assert two["models"] == serial["models"] and serial["models"]["attack-en"] == one["models"]["attack-en"]
+    a = (tmp_path / "w1" / "generations.jsonl").read_text()
+    assert a == (tmp_path / "w2" / "generations.jsonl").read_text()
