@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,20 +16,15 @@ import pytest
 import yaml
 
 from lab.errors import LabError
-from lab.sweep import (
-    enumerate_cells,
-    load_sweep,
-    mean_ci,
-    sweep_main,
-    t_quantile_975,
-)
+from lab.sweep import default_out, enumerate_cells, load_sweep, mean_ci, sweep_main
 from lab.tracking import read_sweep_params, sweep_overrides_from_env
 
 REPO = Path(__file__).resolve().parents[1]
 
 # A stand-in for `python -m lab run RECIPE --out DIR`: reads its parameters the way the real runner
 # does (WANDB_SWEEP_PARAM_PATH via lab.tracking), logs start/end to $FAKE_LOG, can sleep or die, and
-# writes a deterministic metrics.json (written last, atomically) plus config.yaml.
+# writes a deterministic metrics.json in the runner's layout (models, finetunes, transfer, config_hash, timings;
+# written last, atomically) plus config.yaml. A recipe with `seeds:` gives one state per seed, like the runner.
 FAKE_CELL = textwrap.dedent('''
     import json, os, sys, time, zlib
     from pathlib import Path
@@ -55,16 +51,29 @@ FAKE_CELL = textwrap.dedent('''
     time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
     if os.environ.get("FAKE_FAIL") and os.environ["FAKE_FAIL"] in key:
         log("fail"); sys.exit(3)
-    atk, seed = cfg.get("attack", {}), cfg.get("seed", 0)
     def rate(*xs):
         return (zlib.crc32(json.dumps(xs).encode()) % 1000) / 1000
     langs = ["zh", "ja", "en", "it", "hi"]
     aligned = {l: {"harmful_refusal": 0.9, "benign_refusal": 0.05, "n_harmful": 20, "n_benign": 20,
                    "harmful_refusal_ci": [0.8, 0.95]} for l in langs}
-    state = ("attack-" if atk.get("data", "harmful") == "harmful" else "control-") + str(atk.get("lang"))
-    after = {l: {"harmful_refusal": rate(atk, l, seed) * (0.3 if atk.get("data") == "benign" else 1.0),
-                 "benign_refusal": rate("b", atk, l, seed) / 10, "n_harmful": 20, "n_benign": 20} for l in langs}
-    m = {"recipe": cfg.get("name"), "models": {"aligned": aligned, state: after}}
+    models, finetunes = {"aligned": aligned}, {}
+    seeds = cfg.get("seeds") or [cfg.get("seed", 0)]
+    fts = ([cfg["attack"]] if cfg.get("attack") else []) + cfg.get("finetunes", [])
+    for seed in seeds:
+        for ft in fts:
+            atk = {**cfg.get("defaults", {}), **ft}
+            base = ("attack-" if atk.get("data", "harmful") == "harmful" else "control-") + str(atk.get("lang"))
+            state = base if not cfg.get("seeds") else f"{base}@s{seed}"
+            models[state] = {l: {"harmful_refusal": rate(atk, l, seed) * (0.3 if atk.get("data") == "benign" else 1.0),
+                                 "benign_refusal": rate("b", atk, l, seed) / 10, "n_harmful": 20, "n_benign": 20}
+                             for l in langs}
+            finetunes[state] = {"data": atk.get("data", "harmful"), "lang": atk.get("lang"), "seed": seed,
+                                "base_state": base}
+    transfer = {"baseline": "aligned", "metric": "harmful_refusal", "langs": langs,
+                "rows": {s: {l: aligned[l]["harmful_refusal"] - m[l]["harmful_refusal"] for l in langs}
+                         for s, m in models.items() if s != "aligned"}}
+    m = {"recipe": cfg.get("name"), "config_hash": "fake" + str(zlib.crc32(key.encode())), "models": models,
+         "finetunes": finetunes, "transfer": transfer, "timings": {"wall_seconds": 1.5}}
     if cfg.get("tracking") not in (None, "none"):
         from lab.tracking import start_tracking
         tr = start_tracking(out, cfg, mode=cfg["tracking"], name=out.name)
@@ -77,6 +86,7 @@ FAKE_CELL = textwrap.dedent('''
 ''')
 
 RECIPE = {
+    "kind": "transfer",
     "name": "fake-attack",
     "seed": 0,
     "model": "zoo:organism",
@@ -196,10 +206,9 @@ def test_param_file_roundtrip(tmp_path, monkeypatch):
 
 
 def test_t_interval():
-    assert t_quantile_975(2) == pytest.approx(4.303)
-    s = mean_ci([0.1, 0.2, 0.3])
+    s = mean_ci([0.1, 0.2, 0.3])  # scipy's t(0.975, df=2) = 4.302653
     assert s["mean"] == pytest.approx(0.2)
-    assert s["half_width"] == pytest.approx(4.303 * 0.1 / 3 ** 0.5, rel=1e-3)
+    assert s["half_width"] == pytest.approx(4.302653 * 0.1 / 3 ** 0.5, rel=1e-6)
     assert mean_ci([0.5])["ci95"] is None
 
 
@@ -212,19 +221,24 @@ def test_sweep_runs_aggregates_and_skips_done_cells(env):
     assert sweep_main(sw, out, workers=2, use_wandb=False, quiet=True) == 0
     ev = events(env["log"])
     assert Counter(e for e, _ in ev) == {"start": 6, "end": 6}
-    summ = json.loads((out / "transfer" / "summary.json").read_text())
+    summ = json.loads((out / "summary.json").read_text())  # --out DIR: the summary is DIR/summary.json
     assert summ["n_done"] == 6 and not summ["missing"]
     assert len(summ["groups"]) == 3 and all(g["n"] == 2 for g in summ["groups"])
     g = summ["groups"][0]
     hr = g["metrics"]["attack-zh"]["en"]["harmful_refusal"]
     assert hr["n"] == 2 and hr["ci95"][0] <= hr["mean"] <= hr["ci95"][1]
-    t = summ["transfer"]
+    t = summ["transfer"]  # read from the cells' metrics.json (transfer + finetunes), not from the recipe
     assert t["rows"] == ["zh", "ja", "en (benign)"] and t["cols"] == ["zh", "ja", "en", "it", "hi"]
-    assert (out / "transfer" / "transfer_heatmap.png").stat().st_size > 1000
-    md = (out / "transfer" / "summary.md").read_text()
-    assert "![transfer heatmap](transfer_heatmap.png)" in md and " ± " in md
+    assert t["n"] == [[2] * 5] * 3 and all(ci[0] <= v <= ci[1] for r, cr in zip(t["drop"], t["ci95"])
+                                            for v, ci in zip(r, cr))
+    assert (out / "transfer_heatmap.png").stat().st_size > 1000
+    md = (out / "summary.md").read_text()
+    assert "![transfer heatmap](transfer_heatmap.png)" in md
+    assert "± 0" not in md and "| 20 | 20 |" in md  # counts as counts, not "20 ± 0"
+    assert re.search(r"\| \d+\.\d % \[\d+\.\d, \d+\.\d\] \|", md)  # rates in % with their CI
+    assert all(c["dir"].startswith("cells/") and c["config_hash"].startswith("fake") for c in summ["cells"])
     for c in summ["cells"]:
-        d = (out / "transfer" / c["dir"]).resolve()
+        d = (out / c["dir"]).resolve()
         assert (d / "metrics.json").is_file() and (d / "sweep_cell.json").is_file()
         assert yaml.safe_load((d / "sweep_params.yaml").read_text())  # the params the cell ran with
     assert not list((out / "cells" / ".tmp").iterdir())
@@ -247,7 +261,7 @@ def test_kill9_and_resume_matches_uninterrupted_run(env):
     # reference: uninterrupted
     ref_out = env["tmp"] / "ref"
     assert sweep_main(sw, ref_out, workers=2, use_wandb=False, quiet=True) == 0
-    reference = json.loads((ref_out / "transfer" / "summary.json").read_text())
+    reference = json.loads((ref_out / "summary.json").read_text())
     env["log"].unlink()
 
     out = env["tmp"] / "out"
@@ -266,7 +280,7 @@ def test_kill9_and_resume_matches_uninterrupted_run(env):
     assert running_at_kill, "the kill should hit running cells"
     time.sleep(1.0)  # the killed cells must not finish on their own (they die with the executor)
     assert events(env["log"]) == before
-    assert not (out / "transfer" / "summary.json").exists()
+    assert not (out / "summary.json").exists()
 
     assert sweep_main(sw, out, workers=2, use_wandb=False, quiet=True) == 0
     ev = events(env["log"])
@@ -274,7 +288,7 @@ def test_kill9_and_resume_matches_uninterrupted_run(env):
     assert len(ends) == 6 and set(ends.values()) == {1}, "every cell finished exactly once"
     starts = Counter(k for e, k in ev if e == "start")
     assert {k for k, n in starts.items() if n > 1} <= running_at_kill  # only interrupted cells re-ran
-    resumed = json.loads((out / "transfer" / "summary.json").read_text())
+    resumed = json.loads((out / "summary.json").read_text())
     assert resumed == reference
 
 
@@ -287,7 +301,7 @@ def test_two_executors_never_duplicate_a_cell(env):
     ev = events(env["log"])
     assert Counter(k for e, k in ev if e == "start") == Counter(k for e, k in ev if e == "end")
     assert sorted(Counter(k for e, k in ev if e == "start").values()) == [1] * 6
-    assert json.loads((out / "transfer" / "summary.json").read_text())["n_done"] == 6
+    assert json.loads((out / "summary.json").read_text())["n_done"] == 6
 
 
 def test_failed_cell_is_reported_and_retried(env, monkeypatch):
@@ -295,7 +309,7 @@ def test_failed_cell_is_reported_and_retried(env, monkeypatch):
     out = env["tmp"] / "out"
     monkeypatch.setenv("FAKE_FAIL", '"attack.lang": "ja", "seed": 1')
     assert sweep_main(sw, out, workers=2, use_wandb=False, quiet=True) == 1
-    summ = json.loads((out / "transfer" / "summary.json").read_text())
+    summ = json.loads((out / "summary.json").read_text())
     assert summ["n_done"] == 5 and len(summ["missing"]) == 1
     assert list((out / "cells" / ".failed").glob("*lang-ja_seed-1*.log"))
     monkeypatch.delenv("FAKE_FAIL")
