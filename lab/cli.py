@@ -177,15 +177,21 @@ def probe(model: List[str] = typer.Option([], "--model", "-m", help="model(s) to
 @app.command()
 @lab_errors
 def sweep(file: Path = typer.Argument(..., help="sweep YAML (W&B sweep format)"),
-          out: Optional[Path] = typer.Option(None, "--out", "-o"),
+          out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                             help="write here: DIR/summary.json, DIR/cells/<cell>/ "
+                                                  "(default runs/sweep-<name>-<hash>)"),
           workers: int = typer.Option(1, "--workers", "-w"),
           wandb_: bool = typer.Option(False, "--wandb", help="create a real W&B sweep and run agents"),
+          agent: Optional[str] = typer.Option(None, "--agent", metavar="SWEEP_ID",
+                                              help="join an existing W&B sweep as an agent"),
           seed: Optional[int] = typer.Option(None, "--seed", help="another draw for method: random"),
           quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Run (or resume) a sweep: one run directory per cell, file locks, aggregate summary."""
     from lab.sweep import sweep_main
 
-    return sweep_main(file, out, workers, wandb_, quiet, seed=seed)
+    if agent and wandb_:
+        raise LabError("lab sweep: --agent joins an existing W&B sweep, --wandb creates one; give one of them")
+    return sweep_main(file, out, workers, wandb_, quiet, seed=seed, agent=agent)
 
 
 @zoo_app.command("build")
