@@ -135,20 +135,20 @@ def report(run_dir: Path = typer.Argument(..., help="a finished run directory"))
 @app.command()
 @lab_errors
 def attribute(model: str = typer.Option("zoo:organism", "--model", "-m"),
-              method: str = typer.Option("snip", "--method", help="snip | wanda | random"),
+              method: str = typer.Option("snip", "--method", help="snip | snip-pooled | wanda | random | actsvd"),
               data: str = typer.Option("safety", "--data", help="safety | utility"),
               langs: str = typer.Option("all", "--langs", help="comma-separated languages, or 'all' (together)"),
               out: Path = typer.Option(Path("runs/attribution"), "--out", "-o"),
               q: float = typer.Option(5.0, "--q", help="top-q %% by safety score"),
               p: Optional[float] = typer.Option(None, "--p", help="minus top-p %% by utility score (set difference)"),
-              scope: str = typer.Option("per-matrix", "--scope", help="per-matrix | global"),
+              scope: str = typer.Option("per-matrix", "--scope", help="per-matrix | per-row | global"),
               n_examples: int = typer.Option(64, "--n-examples"),
               dry_run: bool = typer.Option(False, "--dry-run", help="print the estimated peak memory and stop"),
               save_scores: bool = typer.Option(False, "--save-scores"),
               score_dtype: str = typer.Option("float32", "--score-dtype", help="float32 | bfloat16"),
               layers_per_pass: Optional[int] = typer.Option(None, "--layers-per-pass", help="score N decoder layers per pass (large models)"),
               trust_remote_code: bool = typer.Option(False, "--trust-remote-code")):
-    """Score weights by importance for safety vs utility (SNIP, Wanda, random) and save masks."""
+    """Score weights by importance for safety vs utility (SNIP, Wanda, random) and save masks; ActSVD subspaces."""
     from lab.attribution.cli_entry import attribute_main
 
     return attribute_main(model, method, data, [l.strip() for l in langs.split(",")], out, q, p, scope, n_examples,
