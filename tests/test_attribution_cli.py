@@ -73,14 +73,37 @@ def test_memory_estimate_scales_and_layer_by_layer_is_smaller():
     assert e3.n_params == e2.n_params and e3.peak == e2.peak  # meta-device instantiation counts the same
 
 
-def test_recipe_config_validates():
-    from lab.attribution.recipe import load_config, results_table
-    from lab.errors import LabError
+def test_cli_per_row_scope_and_actsvd(saved, tmp_path):
+    """`lab attribute ... --scope per-row` and `--method actsvd` through the real CLI."""
+    from typer.testing import CliRunner
 
-    rc = load_config("recipes/safety-localization.yaml")
-    assert rc.kind == "safety-localization" and rc.masked_attack_sizes == [1, 5, 20, 50]
-    with pytest.raises(LabError, match="attribution"):
-        load_config({"attribution": {"q": "lots"}})
-    md = results_table({"aligned": {"en": {"harmful_refusal": 0.5, "harmful_refusal_ci": [0.3, 0.7],
-                                           "benign_refusal": 0.0, "benign_refusal_ci": [0.0, 0.2]}}}, ["en", "ja"])
-    assert "| aligned | 50 [30–70] | 0 [0–20] | — | — |" in md
+    from lab.cli import app
+
+    import lab.data
+
+    runner = CliRunner()
+    orig = lab.data.SPLITS_DIR
+    lab.data.SPLITS_DIR = saved / "splits"  # the CLI reads datasets/splits; point it at the toy splits
+    try:
+        out = tmp_path / "rows"
+        r = runner.invoke(app, ["attribute", "--model", str(saved / "model"), "--method", "wanda", "--langs", "en,ja",
+                                "--q", "10", "--p", "5", "--scope", "per-row", "--n-examples", "4", "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        m, meta = masks.load_mask(out / "masks" / "wanda-safety-all.safetensors")
+        assert meta["scope"] == "per-row"
+        q = m["model.layers.0.self_attn.q_proj.weight"]  # (32, 32): 10 % of 32 columns = 3 per row, minus utility
+        assert (q.sum(1) <= 3).all() and q.sum() > 0
+        out = tmp_path / "svd"
+        r = runner.invoke(app, ["attribute", "--model", str(saved / "model"), "--method", "actsvd", "--langs", "en,ja",
+                                "--q", "25", "--p", "50", "--n-examples", "4", "--out", str(out)])
+        assert r.exit_code == 0, r.output
+    finally:
+        lab.data.SPLITS_DIR = orig
+    V, meta = masks._load(out / "subspaces" / "actsvd-safety-all")
+    assert V["model.layers.0.self_attn.k_proj.weight"].shape == (16, 4)  # 25 % of min(16, 32)
+    assert (out / "subspaces" / "actsvd-utility-en.safetensors").is_file()
+    rows = json.loads((out / "overlap.json").read_text())
+    assert rows[0]["a"] == "en" and 0 <= rows[0]["random"] <= rows[0]["overlap"] <= 1 + 1e-6
+    logs = []
+    assert attribute_main(str(saved / "model"), "actsvd", "safety", ["en"], tmp_path / "d", q=5, dry_run=True,
+                          log=logs.append) == 0 and any("peak (est.)" in x for x in logs)

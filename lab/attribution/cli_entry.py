@@ -2,10 +2,18 @@
 
 lab/cli.py (lead) wires this as
 
-    lab attribute --model M --method snip|wanda|random --data safety|utility --langs en,ja,... --out DIR
-                  --q 5 [--p 5] [--scope global|per-matrix] [--n-examples 64] [--dry-run] [--save-scores]
+    lab attribute --model M --method snip|snip-pooled|wanda|random|actsvd --data safety|utility
+                  --langs en,ja,... --out DIR --q 5 [--p 5] [--scope per-matrix|per-row|global]
+                  [--n-examples 64] [--dry-run] [--save-scores]
 
-Outputs in OUT:
+`--method actsvd` (lab/attribution/actsvd.py) makes low-rank subspaces instead of masks: --q is the
+rank of the safety subspace in percent of min(d_out, d_in) per layer, --p (optional) that of the
+utility subspace for the orthogonal variant (I − Π_u) Π_s; --scope does not apply. Outputs:
+    subspaces/actsvd-{data}-{lang}.safetensors (+ actsvd-utility-{lang} with --p)   V (d_out x r) per layer
+    overlap.json, overlap.md   per-language subspace overlap ‖V_aᵀV_b‖²/r vs a random subspace
+    summary.json
+
+Outputs in OUT (masks):
     masks/{method}-{data}-{lang}.safetensors + .json   one per language and "all" (bool per parameter)
     scores/{method}-{data}-{lang}.safetensors + .json  with --save-scores (and scores/...-utility-... with --p)
     overlap.json, overlap.md                           per-language Jaccard vs equal-size random masks
@@ -85,8 +93,9 @@ def _attribute(model_spec, method, data, langs, out, q, p, scope, n_examples, dr
     from lab.attribution import analysis, masks, scores
     from lab.attribution.memory import estimate_peak
 
-    if method not in scores.METHODS:
-        raise LabError(f"--method must be one of {', '.join(scores.METHODS)}, got {method!r}")
+    methods = scores.METHODS + ("actsvd",)
+    if method not in methods:
+        raise LabError(f"--method must be one of {', '.join(methods)}, got {method!r}")
     if data not in ("safety", "utility"):
         raise LabError(f"--data must be 'safety' or 'utility', got {data!r}")
     if scope not in masks.SCOPES:
@@ -126,6 +135,9 @@ def _attribute(model_spec, method, data, langs, out, q, p, scope, n_examples, dr
     groups = {lang: [lang] for lang in langs}
     if len(langs) > 1:
         groups["all"] = langs
+    if method == "actsvd":
+        return _actsvd(model, tok, recs, urecs, groups, langs, out, q, p, model_spec, data, n_examples,
+                       batch_size, max_length, dev, t0, log)
     kw = dict(include_embeddings=include_embeddings, include_lm_head=include_lm_head,
               layers_per_pass=layers_per_pass, score_dtype=sd)
 
@@ -168,6 +180,45 @@ def _attribute(model_spec, method, data, langs, out, q, p, scope, n_examples, dr
         summary["overlap"] = rows
         log(md)
     summary["seconds"] = round(time.time() - t0, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    log(f"[attribute] done in {summary['seconds']} s -> {out}")
+    return 0
+
+
+def _actsvd(model, tok, recs, urecs, groups, langs, out, q, p, model_spec, data, n_examples, batch_size,
+            max_length, dev, t0, log) -> int:
+    from lab.attribution import actsvd, masks, scores
+
+    summary = {"model": model_spec, "method": "actsvd", "data": data, "q": q, "p": p, "n_examples": n_examples,
+               "rank": "percent of min(d_out, d_in) per layer", "subspaces": {}}
+    by_group = {}
+    for label, group_langs in groups.items():
+        for kind, rs, rank in ((data, recs, q), ("utility", urecs, p)):
+            if not rs:
+                continue
+            batches = scores.build_balanced_calibration(tok, {l: rs[l] for l in group_langs}, batch_size=batch_size,
+                                                        max_length=max_length, device=dev)
+            V = actsvd.actsvd_subspaces(model, batches, float(rank) / 100.0)
+            meta = {"model": model_spec, "method": "actsvd", "data": kind, "langs": group_langs, "rank_pct": rank,
+                    "ranks": {n: v.shape[1] for n, v in V.items()}}
+            path = masks._save(V, out / "subspaces" / f"actsvd-{kind}-{label}", {**meta, "kind": "subspaces"})
+            summary["subspaces"][f"{kind}-{label}"] = {"path": str(path), "total_rank": sum(meta["ranks"].values())}
+            log(f"  actsvd {kind} {label}: rank {rank}% per layer ({sum(meta['ranks'].values())} directions) -> {path}")
+            if kind == data:
+                by_group[label] = V
+    if len(langs) > 1:
+        rows = []
+        for i, a in enumerate(langs):
+            for b in langs[i + 1:]:
+                rows.append({"a": a, "b": b, **actsvd.subspace_overlap(by_group[a], by_group[b])})
+        (out / "overlap.json").write_text(json.dumps(rows, indent=1) + "\n")
+        md = ["| a | b | overlap | random |", "|---|---|---|---|"]
+        md += [f"| {r['a']} | {r['b']} | {r['overlap']:.3f} | {r['random']:.3f} |" for r in rows]
+        (out / "overlap.md").write_text("\n".join(md) + "\n")
+        summary["overlap"] = rows
+        log("\n".join(md))
+    summary["seconds"] = round(time.time() - t0, 1)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     log(f"[attribute] done in {summary['seconds']} s -> {out}")
     return 0

@@ -3,13 +3,16 @@
 The model is instantiated on the meta device (no weights are read or allocated), so the parameter
 counts come from the real module tree of any architecture. The estimate is
 
-  weights          P_total x bytes(model dtype)
+  weights          P_total x bytes(model dtype)            (SIL: twice, the aligned and the attacked model)
   scores kept      P_scored x bytes(score dtype)          (all methods; SNIP: for passes already done)
-  SNIP buffers     P_pass x 4                              (fp32 gradient accumulators of one pass)
-  transient        largest scored matrix x (bytes(dtype) + 4)   (one .grad / one |W| copy)
-  activations      SNIP: saved for backward, per block ~ B·T·(18·h + 6·I)·b + eager attention
+  SNIP buffers     P_pass x 4                              (fp32 accumulators of one pass; also SIL)
+  ActSVD Grams     Σ_layers min(d_in, d_out)² x 8          (float64; <= 2x an fp32 copy of the linear weights)
+  transient        snip / sil: largest matrix x 8 (one per-example |g_iᵀx_i| + one |W|);
+                   snip-pooled: largest x (bytes(dtype) + 4) (one .grad); actsvd: the largest layer's
+                   decomposition, d_out·d_in·8·3 + d_in²·8·2
+  activations      SNIP (both), SIL: saved for backward, per block ~ B·T·(18·h + 6·I)·b + eager attention
                    B·heads·T²·(2·b) ; plus logits B·T·V·(b + 12) (fp32 copy, log-softmax, grad)
-                   Wanda: one block's forward ~ B·T·(4·h + 3·I)·b + B·heads·T²·b, plus logits B·T·V·b
+                   Wanda, ActSVD: one block's forward ~ B·T·(4·h + 3·I)·b + B·heads·T²·b, plus logits B·T·V·b
 
 with b = bytes of the model dtype, B = batch size, T = max tokens per example. It is an upper-bound
 style estimate; benchmarks/attribution_memory.py prints it next to measured peaks.
@@ -101,14 +104,22 @@ def estimate_from_model(model, method: str, *, dtype: torch.dtype | None = None,
     weights = n_params * b
     scores = n_scored * sb
     buffers = 0
-    if method == "snip":
+    if method in ("snip", "snip-pooled", "sil"):
         groups = layer_groups(list(sizes), layers_per_pass)
         p_pass = max(sum(sizes[n] for n in g) for g in groups)
         buffers = p_pass * 4
         if len(groups) == 1:
             scores = largest * sb if sb != 4 else 0  # scores are made in place from the buffers
-        transient = largest * (b + 4)
+        transient = largest * (b + 4) if method == "snip-pooled" else largest * 8
         act = n_layers * (B * T * (18 * h + 6 * inter) * b + B * heads * T * T * 2 * b) + B * T * vocab * (b + 12)
+        if method == "sil":
+            weights *= 2
+    elif method == "actsvd":
+        shapes = [tuple(p.shape) for p in params.values()]
+        scores = 0  # subspaces V (d_out x r) are at most the Grams' size and replace them one by one
+        buffers = sum(min(o, i) ** 2 * 8 for o, i in shapes)
+        transient = max(o * i * 8 * 3 + i * i * 8 * 2 for o, i in shapes)
+        act = B * T * (4 * h + 3 * inter) * b + B * heads * T * T * b + B * T * vocab * b
     elif method == "wanda":
         transient = largest * 8
         act = B * T * (4 * h + 3 * inter) * b + B * heads * T * T * b + B * T * vocab * b
