@@ -360,3 +360,104 @@ def test_progress_quiet_lines_and_eta(capsys):
     assert any(l.startswith("[sweep demo] done a in 10s -- 2/4 done, 1 running, 1 left") for l in err)
     assert any("FAILED b" in l and "exit code 3" in l for l in err)
     assert "finished: 2/4 done" in err[-1]
+
+
+# ----------------------------------------------------------------------------- layout, recipes with finetunes
+
+
+def test_sweep_over_a_finetunes_recipe_gets_its_transfer_table(env):
+    """A recipe with `finetunes:` and `seeds:` (several states per cell): rows per fine-tune, seeds pooled."""
+    env["recipe"].write_text(yaml.safe_dump({
+        "kind": "transfer", "name": "fake-matrix", "model": "zoo:organism", "tracking": "none", "seeds": [0, 1],
+        "eval": {"limit": 2}, "defaults": {"lr": 0.001, "epochs": 1, "n_examples": 10},
+        "finetunes": [{"data": "harmful", "lang": "zh"}, {"data": "harmful", "lang": "ja"},
+                      {"data": "benign", "lang": "en"}]}))
+    sw = write_sweep(env["tmp"], "matrix", {"defaults.lr": {"values": [0.001, 0.003]}})
+    out = env["tmp"] / "out"
+    assert sweep_main(sw, out, workers=1, use_wandb=False, quiet=True) == 0
+    summ = json.loads((out / "summary.json").read_text())
+    t = summ["transfer"]
+    assert t["rows"] == ["zh · lr-0.001", "ja · lr-0.001", "en (benign) · lr-0.001",
+                         "zh · lr-0.003", "ja · lr-0.003", "en (benign) · lr-0.003"]
+    assert t["n"][0] == [2] * 5  # the two seeds' states of one cell are the replicates
+    cell = next(d for d in (out / "cells").iterdir() if "lr-0.001" in d.name)
+    m = json.loads((cell / "metrics.json").read_text())
+    zh_en = [m["transfer"]["rows"][f"attack-zh@s{s}"]["en"] for s in (0, 1)]
+    assert t["drop"][0][2] == pytest.approx(sum(zh_en) / 2)
+    # groups pool the seed states under the runner's base_state; a single replicate shows its Wilson CI
+    g = summ["groups"][0]
+    assert set(g["metrics"]) == {"aligned", "attack-zh", "attack-ja", "control-en"}
+    assert g["metrics"]["attack-zh"]["en"]["harmful_refusal"]["n"] == 2
+    hr = g["metrics"]["aligned"]["en"]["harmful_refusal"]
+    assert hr["n"] == 1 and hr["ci_method"] == "wilson" and hr["ci95"] == [0.8, 0.95]  # aligned: once per cell
+    md = (out / "summary.md").read_text()
+    assert "| zh · lr-0.001 |" in md and "(n=2)" in md
+
+
+def test_single_replicate_rates_carry_their_wilson_interval(env):
+    sw = write_sweep(env["tmp"], "one", {"attack.lang": {"value": "zh"}, "seed": {"values": [0]}})
+    out = env["tmp"] / "out"
+    assert sweep_main(sw, out, workers=1, use_wandb=False, quiet=True) == 0
+    hr = json.loads((out / "summary.json").read_text())["groups"][0]["metrics"]["aligned"]["en"]["harmful_refusal"]
+    assert hr["n"] == 1 and hr["ci95"] == [0.8, 0.95] and hr["ci_method"] == "wilson"
+    assert "| 90.0 % [80.0, 95.0] |" in (out / "summary.md").read_text()
+
+
+def test_default_out_is_keyed_by_the_sweep(env, monkeypatch):
+    monkeypatch.chdir(env["tmp"])
+    sw = write_sweep(env["tmp"], "keyed", {"attack.lang": {"value": "zh"}, "seed": {"values": [0]}})
+    first = default_out(load_sweep(sw))
+    assert first.parent == Path("runs") and re.fullmatch(r"sweep-keyed-[0-9a-f]{10}", first.name)
+    assert default_out(load_sweep(sw)) == first
+    assert sweep_main(sw, None, workers=1, use_wandb=False, quiet=True) == 0
+    assert (env["tmp"] / first / "summary.json").is_file() and len(list((env["tmp"] / first / "cells").glob("*--*"))) == 1
+    sw2 = write_sweep(env["tmp"], "keyed", {"attack.lang": {"value": "ja"}, "seed": {"values": [0]}})
+    assert default_out(load_sweep(sw2)) != first  # another sweep under the same name: another dir
+
+
+def test_out_pointing_at_a_file_is_an_error(env):
+    sw = write_sweep(env["tmp"], "t", {"seed": {"values": [0]}})
+    f = env["tmp"] / "afile"
+    f.write_text("x")
+    with pytest.raises(LabError, match="afile.*is a file"):
+        sweep_main(sw, f, workers=1, use_wandb=False, quiet=True)
+
+
+def _lab(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lab", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kw)
+
+
+def test_ctrl_c_prints_one_resume_line_and_exits_130(env):
+    sw = write_sweep(env["tmp"], "transfer", TRANSFER_PARAMS)
+    out = env["tmp"] / "out"
+    p = _lab("sweep", str(sw), "--out", str(out), "--quiet", "--workers", "2", env={**os.environ, "FAKE_SLEEP": "30"})
+    deadline = time.time() + 60
+    while time.time() < deadline and sum(e == "start" for e, _ in events(env["log"])) < 2:
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err
+    hint = [l for l in err.splitlines() if "interrupted" in l]
+    assert hint == [f"[sweep transfer] interrupted; finished cells are kept -- rerun "
+                    f"`lab sweep {sw} --out {out}` to resume."]
+    assert err.splitlines()[-1] == hint[0] and "FAILED" not in err
+    time.sleep(0.5)
+    assert not [k for e, k in events(env["log"]) if e == "end"]  # the running cells were stopped
+    assert sweep_main(sw, out, workers=2, use_wandb=False, quiet=True) == 0  # and the rerun finishes them
+
+
+def test_agent_is_a_lab_sweep_option(env, monkeypatch):
+    sw = write_sweep(env["tmp"], "transfer", TRANSFER_PARAMS)
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    p = _lab("sweep", str(sw), "--out", str(env["tmp"] / "out"), "--agent", "abc123")
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and "--agent" in err and "unreachable" in err and "k" * 40 not in err
+    p = _lab("sweep", str(sw), "--agent", "abc123", "--wandb")
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and "give one of them" in err
+    old = subprocess.run([sys.executable, "-m", "lab.sweep", str(sw), "--agent", "x"], capture_output=True, text=True)
+    assert old.returncode != 0 and "cannot be directly executed" in old.stderr  # the argparse entry point is gone
