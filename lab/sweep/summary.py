@@ -91,17 +91,22 @@ def _groups(rows: list[tuple[Cell, Path, dict]]) -> list[dict]:
 
 
 def _transfer(rows: list[tuple[Cell, Path, dict]]) -> dict | None:
-    """Rows: fine-tune condition (plus the sweep's other parameters), columns: evaluation language."""
+    """Rows: fine-tune condition (plus the sweep's other parameters that vary), columns: evaluation language."""
     drops: dict[str, dict[str, list[float]]] = {}
     cols: list[str] = []
     metric = baseline = None
+    seen: dict[str, set[str]] = {}
+    for c, _, _ in rows:
+        for k, v in c.group_flat.items():
+            seen.setdefault(k, set()).add(canon(v))
+    varying = {k for k, vs in seen.items() if len(vs) > 1 and k.split(".")[-1] not in _CONDITION_KEYS}
     for c, _, m in rows:
         tr = m.get("transfer")
         if not isinstance(tr, dict) or not isinstance(tr.get("rows"), dict):
             continue
         metric, baseline = tr.get("metric", "harmful_refusal"), tr.get("baseline", "aligned")
         fts = m.get("finetunes") if isinstance(m.get("finetunes"), dict) else {}
-        other = {k: v for k, v in c.group_flat.items() if k.split(".")[-1] not in _CONDITION_KEYS}
+        other = {k: v for k, v in c.group_flat.items() if k in varying}  # what tells the rows apart
         for state, row in tr["rows"].items():
             if not isinstance(row, dict):
                 continue
