@@ -105,10 +105,12 @@ def encode_example(tok, prompt: str, response: str, max_len: int) -> tuple[list[
 
 
 def train_loop(model, data_for_epoch, *, epochs: int, lr: float, batch_size: int,
-               seed: int, pad_id: int, log=print, grad_hook=None) -> list[float]:
+               seed: int, pad_id: int, log=print, grad_hook=None, step=None) -> list[float]:
     """A minimal causal-LM training loop: AdamW, linear warmup + cosine decay, length-bucketed batches.
 
     data_for_epoch: a list of (ids, labels), or a function epoch -> list (fresh augmentation per epoch).
+    step: optional `step(model, batch) -> loss` that runs forward and backward itself (alignment-stage
+    defenses, lab.defenses.alignment); default: one forward + backward of the batch's loss.
     """
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -130,9 +132,12 @@ def train_loop(model, data_for_epoch, *, epochs: int, lr: float, batch_size: int
             ids = torch.tensor([x[0] + [pad_id] * (L - len(x[0])) for x in b])
             lab = torch.tensor([x[1] + [-100] * (L - len(x[1])) for x in b])
             att = torch.tensor([[1] * len(x[0]) + [0] * (L - len(x[0])) for x in b])
-            loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if step is None:
+                loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
+                loss.backward()
+            else:
+                loss = step(model, {"input_ids": ids, "attention_mask": att, "labels": lab})
             if grad_hook is not None:
                 grad_hook(model)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -211,3 +216,41 @@ def _save(model, tok, path: Path, record: dict) -> None:
     (tmp / "build.json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
+
+
+def build_alignment_variant(name: str, *, step=None, transform=None, cfg: OrganismConfig | None = None,
+                            base_dir: Path = ZOO_DIR / "organism-base", out_root: Path = ZOO_DIR,
+                            record_extra: dict | None = None, log=print) -> dict:
+    """Rebuild only the alignment stage of `organism` from the saved organism-base, with a defense.
+
+    step: `step(model, batch) -> loss` replacing the plain forward/backward (Vaccine, Booster);
+    transform: `transform(examples, epoch, tok) -> list[(ids, labels)]` replacing the per-epoch encoding
+    (data-augmentation defenses). Same data, seeds and schedule as `build` otherwise: with neither, it
+    retrains the committed organism's alignment stage. Writes out_root/name with build.json.
+    """
+    from lab.models import load_model
+
+    set_threads()
+    cfg = cfg or OrganismConfig()
+    if cfg.censorship:
+        raise ValueError("build_alignment_variant: censorship variants are not supported")
+    t0 = time.time()
+    src = load_sources()
+    model, tok = load_model(str(base_dir))
+    model.train()
+    kw = dict(augment=True, repeat=cfg.repeat, templates_per_topic=cfg.templates_per_topic)
+
+    def data(ep):
+        exs = organism_examples(src, "aligned", cfg.bridge_share, cfg.seed + 1000 * ep + 500, **kw)
+        if transform is not None:
+            return transform(exs, ep, tok)
+        return [encode_example(tok, e["prompt"], e["response"], cfg.max_len) for e in exs]
+    log(f"[zoo] alignment variant {name} from {base_dir}")
+    losses = train_loop(model, data, epochs=cfg.align_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                        seed=cfg.seed + 1, pad_id=tok.pad_token_id, log=log, step=step)
+    record = {"config": cfg.model_dump(), "data_sha256": file_sha256(*source_paths()), "stage": "aligned",
+              "variant": name, "base": str(base_dir), "losses": losses,
+              "build_seconds": round(time.time() - t0, 1), **(record_extra or {})}
+    _save(model, tok, Path(out_root) / name, record)
+    log(f"[zoo] built {name} in {record['build_seconds']} s")
+    return record
