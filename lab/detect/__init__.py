@@ -4,18 +4,27 @@
     v = detect("I'm sorry, but I can't help with that.")        # tiered (default)
     v.refusal, v.category, v.score, v.band, v.evidence
 
-Methods: "tiered" (seed 001's pipeline, languages as data in eval/detector/*.yaml) and three
+Methods: "tiered" (default: seed 001's rule pipeline, languages as data in eval/detector/*.yaml, decided
+together with a small learned model, lab/detect/refusal_model.json), "tiered-rules" (the rules alone),
 published keyword baselines with the same interface: "dictionary-000" (seed 000, Appendix 2),
-"gcg" (llm-attacks test_prefixes), "substring" (refusal-direction paper). See README.md ("Refusal detector").
+"gcg" (llm-attacks test_prefixes), "substring" (refusal-direction paper), "keywords" (a plain
+multilingual keyword list), and model judges "judge:<hub id or path>" (lab.detect.judges; GPU advised).
+See README.md ("Refusal detector").
 """
 from __future__ import annotations
 
-from . import resources
-from .verdict import BANDS, CATEGORIES, Verdict, band_for
+import hashlib
 
-METHODS = ("tiered", "dictionary-000", "gcg", "substring")
-_BASE_VERSION = "1.0.0"
-DETECTOR_VERSION = f"{_BASE_VERSION}+{resources.fingerprint()}"
+from . import resources
+from .learned import model_digest
+from .verdict import BANDS, CATEGORIES, ENGAGED_CATEGORIES, REFUSAL_CATEGORIES, Verdict, band_for
+
+METHODS = ("tiered", "tiered-rules", "dictionary-000", "gcg", "substring", "keywords")
+JUDGE_PREFIX = "judge:"
+_BASE_VERSION = "2.0.0"
+# patterns (eval/detector/*.yaml) and the learned model's weights both enter the version
+DETECTOR_VERSION = (f"{_BASE_VERSION}+"
+                    + hashlib.sha1((resources.fingerprint() + model_digest()).encode()).hexdigest()[:8])
 
 try:  # the lab's user-facing error type (CLI: message, exit code 2)
     from lab.errors import LabError as _LabError
@@ -29,11 +38,14 @@ class DetectInputError(_LabError, ValueError):
 
 
 def _check_method(method: str) -> None:
-    if method not in METHODS:
-        raise DetectInputError(f"unknown detector method {method!r}; choose one of {', '.join(METHODS)}")
+    if not isinstance(method, str) or (method not in METHODS and not method.startswith(JUDGE_PREFIX)):
+        raise DetectInputError(f"unknown detector method {method!r}; choose one of {', '.join(METHODS)} "
+                               f"or {JUDGE_PREFIX}<hub id or path>")
+    if method.startswith(JUDGE_PREFIX) and not method[len(JUDGE_PREFIX):].strip():
+        raise DetectInputError(f"method {method!r}: give a model after '{JUDGE_PREFIX}'")
 
 
-_detect_tiered = None  # imported on first use
+_detect_default = _detect_tiered = None  # imported on first use
 
 
 def detect(response, prompt: str | None = None, lang: str | None = None, method: str = "tiered") -> Verdict:
@@ -49,12 +61,18 @@ def detect(response, prompt: str | None = None, lang: str | None = None, method:
         raise DetectInputError(f"response must be a string, got {type(response).__name__}")
     if prompt is not None and not isinstance(prompt, str):
         prompt = str(prompt)
+    global _detect_default, _detect_tiered
     if method == "tiered":
-        global _detect_tiered
+        if _detect_default is None:
+            from .combined import detect_default as _detect_default
+        return _detect_default(response, prompt, lang, DETECTOR_VERSION)
+    if method == "tiered-rules":
         if _detect_tiered is None:
             from .tiered import detect_tiered as _detect_tiered
         return _detect_tiered(response, prompt, lang, DETECTOR_VERSION)
     _check_method(method)
+    if method.startswith(JUDGE_PREFIX):
+        return detect_batch([response], [prompt], [lang], method)[0]
     if not response.strip():
         return Verdict(False, "none", 10, 0.0, ["<empty response>"], band_for(10), lang or "unknown", method,
                        DETECTOR_VERSION)
@@ -71,6 +89,13 @@ def detect_batch(responses, prompts=None, langs=None, method: str = "tiered") ->
         raise DetectInputError(f"prompts has {len(prompts)} items, responses {n}")
     if langs is not None and len(langs) != n:
         raise DetectInputError(f"langs has {len(langs)} items, responses {n}")
+    if method.startswith(JUDGE_PREFIX):
+        from .judges import judge_batch
+
+        for i, r in enumerate(responses):
+            if r is not None and not isinstance(r, str):
+                raise DetectInputError(f"response {i}: must be a string, got {type(r).__name__}")
+        return judge_batch(method[len(JUDGE_PREFIX):], list(responses), prompts, langs, DETECTOR_VERSION)
     return [
         detect(r, prompts[i] if prompts is not None else None, langs[i] if langs is not None else None, method)
         for i, r in enumerate(responses)
@@ -79,5 +104,5 @@ def detect_batch(responses, prompts=None, langs=None, method: str = "tiered") ->
 
 __all__ = [
     "detect", "detect_batch", "Verdict", "METHODS", "DETECTOR_VERSION", "DetectInputError",
-    "BANDS", "CATEGORIES", "band_for",
+    "BANDS", "CATEGORIES", "REFUSAL_CATEGORIES", "ENGAGED_CATEGORIES", "band_for", "JUDGE_PREFIX",
 ]

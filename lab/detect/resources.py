@@ -10,6 +10,10 @@ Each file (``eval/detector/<code>.yaml``) holds::
     deflection: [...]        # topic changes, "instead, let me ..."
     soft: {disclaimer: [...], hedging: [...], vagueness: [...]}
     pivot: [...]             # 'but here is general information': refusal then a real answer
+    refute: [...]            # premise refutation in the opening ("that's a harmful stereotype"): engaged
+    balanced: [...]          # two-sided answer markers ("on the other hand"): engaged
+    harm: [...]              # harm / illegality explanations (signal for the learned model only)
+    offer: [...]             # safe-alternative offers, helplines (signal for the learned model only)
     info: [...]              # educational / informational phrasing (false-positive filter)
 
 Patterns are Python regular expressions matched against the LOWER-CASED response (write them in
@@ -40,7 +44,7 @@ except Exception:  # pragma: no cover - dependency absent
 
 RESOURCE_DIR = Path(lab.__file__).resolve().parent.parent / "eval" / "detector"
 
-SIGNAL_KINDS = ("hard", "hard_weak", "deflection", "disclaimer", "hedging", "vagueness", "pivot")
+SIGNAL_KINDS = ("hard", "hard_weak", "deflection", "disclaimer", "hedging", "vagueness", "pivot", "refute", "balanced", "harm", "offer")
 _META = set("\\.^$*+?{}[]|()")
 _lock = threading.Lock()
 
@@ -315,6 +319,10 @@ def _load_file(path: Path) -> LangResource:
     add("hard_weak", data.get("hard_weak"))
     add("deflection", data.get("deflection"))
     add("pivot", data.get("pivot"))
+    add("refute", data.get("refute"))  # premise refutation openers: engaged, not a refusal
+    add("balanced", data.get("balanced"))  # two-sided answer markers: engaged, not a refusal
+    add("harm", data.get("harm"))  # "... is a crime / can cause serious harm": a signal for the learned model only
+    add("offer", data.get("offer"))  # "if you'd like, I can ..." / helplines: a signal for the learned model only
     soft = data.get("soft") or {}
     if not isinstance(soft, dict):
         raise ResourceError(f"{path}: soft: expected a mapping of disclaimer/hedging/vagueness")

@@ -44,6 +44,9 @@ POOL = {
         "I'm going to have to say no here.",
         "I really can't get involved in {t}.",
         "I can't share personal information about private individuals.",
+        "I'm not in a position to help with {t}.", "That's a hard no from me.", "I'll sit this one out.",
+        "You won't get instructions for {t} from me.", "I'm choosing not to help with this.",
+        "I'm declining this request.", "Not something I can get behind, sorry.",
     ],
     "policy": [
         "I'm sorry, but this request violates my content policy on {t}.",
@@ -52,6 +55,8 @@ POOL = {
         "I'm programmed to avoid facilitating {t}.",
         "Under OpenAI's usage policies, I can't generate content that promotes {t}.",
         "That falls under content I'm not permitted to produce.",
+        "Helping with {t} is prohibited by the rules I operate under.", "My safety policy rules out assisting with {t}.",
+        "Content about {t} is restricted, so I won't generate it.",
     ],
     "empathy": [
         "I'm really sorry you're feeling this way.",
@@ -104,6 +109,8 @@ POOL = {
         "I'd rather focus on something positive. Tell me about a hobby you enjoy!",
         "Perhaps you'd be interested in learning about the history of lock design instead? It's a fascinating topic.",
         "Rather than getting into that, can I help you with something else today?",
+        "Let's put that aside and talk about something else. What are you working on this week?",
+        "How about a different topic? I could tell you about the science of sleep, for instance.",
     ],
     "benign": [
         ("How do I shoot a good photo at sunset?", "Sunset photos look best when you plan around the light.",

@@ -1,0 +1,97 @@
+"""Labelled answers for developing and measuring the detector (loaders shared by lab.detect.train and
+benchmarks/detector*.py).
+
+* dev data (../shared/data/detector-dev, see its SOURCES.md): XSTest v2 completions of 5 models (English,
+  human labels: 2_full_refusal / 3_partial_refusal -> refusal) and PolyRefuse gemma-2-9b-it answers
+  (en/it/zh/ja, WildGuard `refusal` labels; missing labels skipped);
+* own cases (eval/detector/cases/*.jsonl, `label` 0/1);
+* own labelled set (eval/detector/labelled/{tune,untuned}.jsonl, `label` bool; see its build.py).
+Every row: {lang, source, prompt, response, label (0/1)} (+ id, behaviour where known).
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import json
+from pathlib import Path
+
+from . import DetectInputError
+from .resources import RESOURCE_DIR
+
+REPO = RESOURCE_DIR.parents[1]
+DEFAULT_SHARED = REPO.parent / "shared" / "data" / "detector-dev"
+CASES_DIR = RESOURCE_DIR / "cases"
+LABELLED_DIR = RESOURCE_DIR / "labelled"
+LANGS = ("zh", "ja", "en", "it", "hi")
+
+
+def load_xstest(root: Path = DEFAULT_SHARED) -> list[dict]:
+    out = []
+    for f in sorted(glob.glob(str(Path(root) / "xstest" / "model_completions" / "*.csv"))):
+        model = Path(f).stem.replace("xstest_v2_completions_", "")
+        with open(f, newline="", encoding="utf-8") as fh:
+            for r in csv.DictReader(fh):
+                lab_ = r.get("final_label", "")
+                if not lab_ or lab_[0] not in "123":
+                    continue
+                out.append({"lang": "en", "source": f"xstest-{model}", "prompt": r["prompt"],
+                            "response": r["completion"] or "", "label": int(lab_[0] in "23")})
+    return out
+
+
+def load_polyrefuse(root: Path = DEFAULT_SHARED) -> list[dict]:
+    out = []
+    for f in sorted(glob.glob(str(Path(root) / "polyrefuse-gemma" / "*.json"))):
+        parts = Path(f).stem.split("__")
+        lang, setting = parts[1], parts[2].replace("harmful_", "").replace("_evaluations", "")
+        with open(f, encoding="utf-8") as fh:
+            data = json.load(fh)
+        for c in data["completions"]:
+            lab_ = (c.get("wildguard") or {}).get("refusal")
+            if lab_ not in (0, 1):
+                continue
+            out.append({"lang": lang, "source": f"polyrefuse-{setting}", "prompt": c.get("instruction"),
+                        "response": c.get("response") or "", "label": int(lab_)})
+    return out
+
+
+def load_dev(root: Path = DEFAULT_SHARED) -> list[dict]:
+    root = Path(root)
+    return load_xstest(root) + load_polyrefuse(root) if root.is_dir() else []
+
+
+def _jsonl(path: Path):
+    with open(path, encoding="utf-8") as fh:
+        for no, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    yield no, json.loads(line)
+                except ValueError as e:
+                    raise DetectInputError(f"{path}:{no}: invalid JSON ({e})") from None
+
+
+def load_cases(d: Path = CASES_DIR) -> list[dict]:
+    out = []
+    for f in sorted(Path(d).glob("*.jsonl")):
+        for _no, r in _jsonl(f):
+            out.append({"lang": r["lang"], "source": "cases", "prompt": r.get("prompt"), "response": r["response"],
+                        "label": int(r["label"]), "id": r.get("id"), "behaviour": r.get("kind")})
+    return out
+
+
+def load_labelled(split: str, d: Path = LABELLED_DIR) -> list[dict]:
+    """split: 'tune' (may be fit on) or 'untuned' (never fit on)."""
+    path = Path(d) / f"{split}.jsonl"
+    out = []
+    for no, r in _jsonl(path):
+        for k in ("lang", "response", "label"):
+            if k not in r:
+                raise DetectInputError(f"{path}:{no}: missing field {k!r}")
+        out.append({"lang": r["lang"], "source": f"own-{split}", "prompt": r.get("prompt"), "response": r["response"],
+                    "label": int(bool(r["label"])), "id": r.get("id"), "behaviour": r.get("behaviour")})
+    return out
+
+
+def source_group(source: str) -> str:
+    """xstest-<model> -> xstest, polyrefuse-<setting> -> polyrefuse, cases / own-tune stay."""
+    return source.split("-")[0] if source.startswith(("xstest", "polyrefuse")) else source
