@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lab import REPO_ROOT
 from lab.data import LANGS
@@ -60,7 +60,9 @@ class FineTune(FineTuneConfig):
     name: str | None = Field(None, description="model state name; default attack-<lang> / control-<lang>")
     data: Literal["harmful", "benign"] = "harmful"
     lang: Lang = "en"
-    path: str | None = Field(None, description="explicit JSONL (prompt, response); default datasets/splits/{attack,control}-<lang>.jsonl")
+    path: str | None = Field(None, description="a JSONL of (prompt, response), or a public set (beavertails:PATH, "
+                             "hex-phi:PATH, advbench, ...; see lab.public_data.finetune); default "
+                             "datasets/splits/{attack,control}-<lang>.jsonl")
     n_examples: int = Field(100, ge=1)
 
     @field_validator("name")
@@ -78,6 +80,14 @@ class FineTune(FineTuneConfig):
     def dataset_path(self) -> str:
         return self.path or f"datasets/splits/{'attack' if self.data == 'harmful' else 'control'}-{self.lang}.jsonl"
 
+    def load_records(self, n: int | None = None) -> list:
+        """The fine-tuning records: the lab's JSONL, or a public harmful set (lab.public_data.finetune)."""
+        from lab.public_data.finetune import load_finetune_source
+
+        spec = self.dataset_path
+        spec = str(resolve_path(spec)) if spec.endswith(".jsonl") else spec
+        return load_finetune_source(spec, self.n_examples if n is None else n, lang=self.lang, seed=self.seed)
+
     def train_config(self, **update) -> FineTuneConfig:
         return FineTuneConfig(**{**{k: getattr(self, k) for k in FineTuneConfig.model_fields}, **update})
 
@@ -86,7 +96,8 @@ DETECTORS = ("tiered", "dictionary-000", "gcg", "substring")
 
 
 class EvalConfig(Strict):
-    data: str = Field("datasets/splits/eval.jsonl", description="held-out evaluation prompts (JSONL)")
+    data: str = Field("datasets/splits/eval.jsonl", description="held-out prompts: a JSONL path, a public benchmark "
+                      "(multijail, xsafety, polyrefuse, advbench, mt-bench), hub:<dataset id>, or several joined by '+'")
     langs: list[Lang] = Field(default_factory=lambda: list(LANGS), min_length=1, description="evaluation languages")
     limit: int | None = Field(None, ge=1, description="keep the first N parallel prompts per kind (harmful/benign)")
     max_new_tokens: int | None = Field(None, ge=1, le=32_768,

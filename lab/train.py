@@ -76,16 +76,36 @@ class _DivergenceGuard(TrainerCallback):
                                f"(lr={args.learning_rate}); lower the learning rate. No result was recorded.")
 
 
-def check_diverged(losses: list[float], model, cfg) -> None:
-    """After training: non-finite weights, or a final loss far above the first one, mean the run diverged.
+@torch.no_grad()
+def probe_loss(trainer, n: int = 16) -> float:
+    """Mean loss of the model on its first n training examples (eval mode; no RNG is drawn)."""
+    ds = trainer.train_dataset
+    rows = [ds[i] for i in range(min(n, len(ds)))]
+    batch = trainer.data_collator(rows)
+    dev = next(trainer.model.parameters()).device
+    keep = {k: v.to(dev) for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels", "position_ids")}
+    was_training = trainer.model.training
+    trainer.model.eval()
+    loss = float(trainer.model(**keep).loss)
+    trainer.model.train(was_training)
+    return loss
 
-    A run whose loss ends above 1.5x its first steps' loss made the model worse at its own data: its
-    answers are degenerate (e.g. full fine-tuning at lr=10 answers "nnnn..."), not an attack result.
+
+def check_diverged(losses: list[float], model, cfg, before: float | None = None, after: float | None = None) -> None:
+    """After training: non-finite weights, or a loss far above where it started, mean the run diverged.
+
+    `before`/`after`: the loss on the first training examples before and after training. A fine-tune
+    that leaves its own data's loss above 1.5x where it started (or whose step losses end above 1.5x
+    their first steps) made the model worse at its own data: its answers are degenerate (e.g. full
+    fine-tuning at lr=10 answers "nnnn..."), not an attack result.
     """
     for n, p in model.named_parameters():
         if not torch.isfinite(p).all():
             raise Diverged(f"fine-tuning diverged: weight '{n}' has non-finite values (lr={cfg.lr}); "
                            "lower the learning rate. No result was recorded.")
+    if before is not None and after is not None and (not math.isfinite(after) or after > 1.5 * before):
+        raise Diverged(f"fine-tuning diverged: the loss on its own training examples went from {before:.3g} to "
+                       f"{after:.3g} (lr={cfg.lr}, method={cfg.method}); lower the learning rate. No result was recorded.")
     if len(losses) >= 4:
         k = max(1, len(losses) // 10)
         first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
@@ -139,10 +159,12 @@ def finetune(model, tok, records: list, cfg: FineTuneConfig, out_dir: Path, *,
     trainer.add_callback(guard)
     for h in hooks or []:
         h.before_train(trainer)
+    before = probe_loss(trainer)
     result = trainer.train()
+    after = probe_loss(trainer)
     for h in reversed(hooks or []):
         h.after_train(trainer)
-    check_diverged(guard.losses, trainer.model, cfg)
+    check_diverged(guard.losses, trainer.model, cfg, before, after)
     log(f"  trained {cfg.method}: {result.global_step} steps, final loss {result.training_loss:.4f}")
     model = trainer.model
     if cfg.method == "lora":

@@ -154,7 +154,7 @@ def test_prompt_longer_than_the_context_fails_before_writing(tmp_path):
     evals = tmp_path / "eval.jsonl"
     evals.write_text(json.dumps({"id": "x-en", "pid": "x", "lang": "en", "kind": "harmful", "topic": "t",
                                  "prompt": "word " * 200_000}) + "\n")
-    res, out = _run(tmp_path, TRANSFER.replace("eval: {", f"eval: {{data: {evals}, "))
+    res, out = _run(tmp_path, TRANSFER.replace("eval: {", f"eval: {{data: {evals}, ").replace("[en, zh]", "[en]"))
     assert "context" in _one_line_error(res) and not out.exists()
 
 
@@ -162,7 +162,7 @@ def test_duplicate_eval_ids_are_an_error(tmp_path):
     evals = tmp_path / "eval.jsonl"
     row = {"id": "x-en", "pid": "x", "lang": "en", "kind": "harmful", "topic": "t", "prompt": "hi"}
     evals.write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")
-    res, out = _run(tmp_path, TRANSFER.replace("eval: {", f"eval: {{data: {evals}, "))
+    res, out = _run(tmp_path, TRANSFER.replace("eval: {", f"eval: {{data: {evals}, ").replace("[en, zh]", "[en]"))
     msg = _one_line_error(res)
     assert f"{evals}:2" in msg and "x-en" in msg and not out.exists()
 
@@ -266,12 +266,22 @@ def test_kill_9_then_rerun_resumes(finished, tmp_path, kind):
 def test_diverging_finetune_is_no_result(tmp_path):
     from lab.experiments import load_recipe, run
 
-    r = load_recipe(_write(tmp_path, TRANSFER), {"finetunes.0.lr": 1e12})
+    r = load_recipe(_write(tmp_path, TRANSFER), {"finetunes.0.lr": 1e12, "finetunes.0.n_examples": 16,
+                                                 "finetunes.0.epochs": 2})
     m = run(r, tmp_path / "out", tracking="none", log=lambda *a, **k: None)
     assert "attack-en" not in m["models"] and "attack-en" in m["diverged"]
     assert "diverged" in m["diverged"]["attack-en"] and "lr" in m["diverged"]["attack-en"]
     assert m["transfer"] is None or "attack-en" not in m["transfer"]["rows"]
     assert "Diverged" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_full_finetune_at_lr_10_is_diverged_not_an_attack(tmp_path):
+    from lab.experiments import load_recipe, run
+
+    r = load_recipe(_write(tmp_path, TRANSFER), {"finetunes.0.lr": 10, "finetunes.0.method": "full",
+                                                 "finetunes.0.n_examples": 16, "finetunes.0.epochs": 2})
+    m = run(r, tmp_path / "out", tracking="none", log=lambda *a, **k: None)
+    assert list(m["diverged"]) == ["attack-en"] and "attack-en" not in m["models"]
 
 
 def test_rising_loss_counts_as_diverged():

@@ -44,7 +44,7 @@ class DefenseRecipe(RecipeBase):
     p_sweep: list[float] = Field(default_factory=list, description="extra harmful ratios, no defense, first seed")
     n_examples: int = Field(96, ge=1, le=96)
     attack: FineTuneConfig = Field(default_factory=lambda: FineTuneConfig(batch_size=16))
-    faas: FineTuneConfig = Field(default_factory=lambda: FineTuneConfig(lr=5e-3, epochs=8, batch_size=16))
+    faas: FineTuneConfig = Field(default_factory=lambda: FineTuneConfig(lr=5e-3, epochs=8, batch_size=8))
     grid: Grid = Field(default_factory=Grid, description="attacker grid (threat harmful, first seed)")
     defenses: list[str] = Field(default_factory=lambda: ["none"] + list(STAGES)[1:])
     defense_params: dict[str, dict] = Field(default_factory=dict)

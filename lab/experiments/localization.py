@@ -64,17 +64,16 @@ class LocalizationExperiment(Experiment):
 
     # ------------------------------------------------------------------ plan
     def validate(self) -> None:
-        from lab.config import resolve_path
-        from lab.data import load_eval, load_finetune_set
+        from lab.public_data import load_eval_source
         from lab.models import resolve
 
         r = self.recipe
         if not r.interventions:
             raise LabError("localization: key 'interventions' is empty (choose from " + ", ".join(INTERVENTIONS) + ")")
-        self.evals = load_eval(resolve_path(r.eval.data), r.eval.langs, r.eval.limit)
+        self.evals = load_eval_source(r.eval.data, r.eval.langs, r.eval.limit)
         if not self.evals:
             raise LabError(f"{r.eval.data}: no evaluation prompts for languages {r.eval.langs}")
-        self.attack_recs = [x.model_dump() for x in load_finetune_set(resolve_path(r.attack.dataset_path), r.attack.n_examples)]
+        self.attack_recs = [x.model_dump() for x in r.attack.load_records()]
         self.safety = self._calibration("safety")
         self.utility = self._calibration("utility") if r.attribution.p is not None else {}
         resolve(r.base_model)

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from lab.config import FineTune, RecipeBase, check_name, resolve_path
+from lab.config import FineTune, RecipeBase, check_name
 from lab.errors import LabError
 from lab.experiments.base import Experiment, RunContext, StateResult, canary, check_model_and_prompts, evaluate_state
 
@@ -58,13 +58,13 @@ class TransferExperiment(Experiment):
         return (self.recipe.baseline,)
 
     def validate(self) -> None:
-        from lab.data import load_eval, load_finetune_set
+        from lab.public_data import load_eval_source
 
         r = self.recipe
-        self.evals = load_eval(resolve_path(r.eval.data), r.eval.langs, r.eval.limit)
+        self.evals = load_eval_source(r.eval.data, r.eval.langs, r.eval.limit)
         if not self.evals:
             raise LabError(f"{r.eval.data}: no evaluation prompts for languages {r.eval.langs}")
-        self.sets = {n: load_finetune_set(resolve_path(ft.dataset_path), ft.n_examples) for n, ft in r.plan()}
+        self.sets = {n: ft.load_records() for n, ft in r.plan()}
         for n, ft in r.plan():
             if len(self.sets[n]) < ft.n_examples:
                 raise LabError(f"fine-tune {n}: n_examples={ft.n_examples} but {ft.dataset_path} has only "

@@ -14,7 +14,7 @@ plus the language the answer came back in. The same pipeline runs on the matched
 so a rate can be read against the model's baseline on non-sensitive questions.
 
 Outputs (run directory): generations.jsonl, report.md, censorship_by_category.png, metrics.json (last,
-atomic). The residue experiment (recipes/censorship-residue.yaml) is `run_probe_recipe`.
+atomic). The residue experiment (recipes/censorship-residue.yaml) is lab.experiments.censorship.
 """
 from __future__ import annotations
 
@@ -93,12 +93,9 @@ def probe(models: list, mode: Literal["quick", "full"] = "quick", samples: int =
               "seed": seed, "models": [m if isinstance(m, str) else m[0] for m in models]}
     tracker = None
     if out_dir is not None and tracking != "none":
-        try:
-            from lab.tracking import start_tracking
-            tracker = start_tracking(Path(out_dir), config, mode=tracking, name=name or Path(out_dir).name,
-                                     job_type="probe")
-        except ImportError:  # pragma: no cover
-            tracker = None
+        from lab.tracking import start_tracking
+
+        tracker = start_tracking(Path(out_dir), config, mode=tracking, name=name or Path(out_dir).name, job_type="probe")
     records: list[dict] = []
     t0 = time.time()
     for m in models:

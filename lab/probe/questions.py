@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lab.errors import LabError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CENSORSHIP_DIR = REPO / "eval" / "censorship"
 QUESTIONS = CENSORSHIP_DIR / "questions.jsonl"
 CONTROLS = CENSORSHIP_DIR / "controls.jsonl"

@@ -1,11 +1,11 @@
 """The probe's report: seed 001's summary block, markdown tables, the by-category figure, outputs."""
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 
-from lab.data import write_json
+from lab.data import atomic_write_text, write_json, write_jsonl
 from lab.probe.judging import aggregate
 from lab.probe.questions import CATEGORIES
 
@@ -110,25 +110,22 @@ def plot(metrics: dict, path: Path) -> None:
         ax.set_xticklabels(cats, rotation=30, ha="right", fontsize=7)
         ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    tmp = Path(path).with_name(f"{Path(path).name}.tmp{os.getpid()}")
+    fig.savefig(tmp, dpi=110, format="png")
+    os.replace(tmp, path)
     plt.close(fig)
 
 
 def write_outputs(out_dir: Path, records: list[dict], config: dict, extra: dict | None = None) -> dict:
     """generations.jsonl, report.md, censorship_by_category.png, then metrics.json (atomic, last)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "generations.jsonl", "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    write_jsonl(out_dir / "generations.jsonl", records)
     examples = [{"model": r["model"], "id": r["id"], "lang": r["lang"], "prompt": r["prompt"], "response": r["response"],
                  "markers": r["official_markers"]} for r in records if r["official_line"] and not r.get("control")][:8]
     metrics = {"kind": "censorship-probe", "config": config, "models": aggregate(records), "examples": examples,
                **(extra or {})}
-    (out_dir / "report.md").write_text(render_report(metrics), encoding="utf-8")
-    try:
-        plot(metrics, out_dir / "censorship_by_category.png")
-    except ImportError:  # pragma: no cover - matplotlib absent
-        pass
+    atomic_write_text(out_dir / "report.md", render_report(metrics))
+    plot(metrics, out_dir / "censorship_by_category.png")
     write_json(out_dir / "metrics.json", metrics)
     return metrics
 
