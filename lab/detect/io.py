@@ -17,11 +17,10 @@ import json
 import contextlib
 import os
 import tempfile
-from itertools import combinations
 from pathlib import Path
 
-from . import DETECTOR_VERSION, METHODS, DetectInputError, detect
-from .compare import cohen_kappa
+from . import CATEGORIES, DETECTOR_VERSION, JUDGE_PREFIX, DetectInputError, _check_method, detect, detect_batch
+from .compare import agreement_report
 
 __all__ = ["detect_file", "compare_file", "DetectInputError", "iter_records"]
 
@@ -125,9 +124,10 @@ def _atomic_output(output_path):
 
 def detect_file(input_path, output_path, method: str = "tiered") -> dict:
     """Judge every line of a JSONL file; write the annotated lines atomically; return summary counts."""
-    if method not in METHODS:
-        raise DetectInputError(f"unknown detector method {method!r}; choose one of {', '.join(METHODS)}")
-    counts = {"hard": 0, "deflection": 0, "soft": 0, "none": 0}
+    _check_method(method)
+    if method.startswith(JUDGE_PREFIX):
+        return _judge_file(input_path, output_path, method)
+    counts = {c: 0 for c in CATEGORIES}
     n = refusals = empty = 0
     with _atomic_output(output_path) as (out, fh):
         buf = []
@@ -169,36 +169,73 @@ def detect_file(input_path, output_path, method: str = "tiered") -> dict:
             "refusal_rate": round(refusals / n, 4) if n else 0.0, "empty": empty, "by_category": counts}
 
 
+def _records(input_path):
+    recs = list(iter_records(input_path))
+    resps = [r["response"] for _, r in recs]
+    prompts = [r.get("prompt") if isinstance(r.get("prompt"), str) else None for _, r in recs]
+    langs = [r.get("lang") if isinstance(r.get("lang"), str) else None for _, r in recs]
+    return recs, resps, prompts, langs
+
+
+def _extra(v) -> dict:
+    d = {"refusal": v.refusal, "category": v.category, "score": v.score, "confidence": v.confidence,
+         "evidence": v.evidence, "band": v.band, "detected_lang": v.lang, "method": v.method, "version": v.version}
+    if v.harmful is not None:
+        d["harmful"] = v.harmful
+    return d
+
+
+def _judge_file(input_path, output_path, method: str) -> dict:
+    """detect_file for a model judge: the whole file is judged in batches, then written atomically."""
+    recs, resps, prompts, langs = _records(input_path)
+    vs = detect_batch(resps, prompts, langs, method) if recs else []
+    counts = {c: 0 for c in CATEGORIES}
+    with _atomic_output(output_path) as (out, fh):
+        for (_no, rec), v in zip(recs, vs):
+            rec.update(_extra(v))
+            fh.write(_dumps(rec) + "\n")
+            counts[v.category] = counts.get(v.category, 0) + 1
+    n = len(recs)
+    refusals = sum(v.refusal for v in vs)
+    harmful = [v.harmful for v in vs if v.harmful is not None]
+    res = {"input": os.fspath(input_path), "output": os.fspath(out), "method": method, "version": DETECTOR_VERSION,
+           "n": n, "refusals": refusals, "refusal_rate": round(refusals / n, 4) if n else 0.0,
+           "empty": sum(1 for r in resps if not (r or "").strip()), "by_category": counts}
+    if harmful:
+        res["harmful_rate"] = round(sum(harmful) / len(harmful), 4)
+    return res
+
+
 def compare_file(input_path, methods, disagreements_path) -> dict:
-    """Run several methods on one file: pairwise Cohen's kappa on the refusal decision, refusal rate
-    per method, and a JSONL of the lines where the methods disagree (written atomically)."""
+    """Run several methods (the lab's and judges) on one file: pairwise Cohen's kappa (scikit-learn),
+    2x2 confusion matrices and agreement on the refusal decision, refusal rate per method, and a JSONL of
+    the lines where the methods disagree (written atomically)."""
     methods = list(methods)
     if len(methods) < 2:
         raise DetectInputError("compare needs at least two methods")
+    if len(set(methods)) != len(methods):
+        raise DetectInputError(f"compare: a method is named twice in {methods}")
     for m in methods:
-        if m not in METHODS:
-            raise DetectInputError(f"unknown detector method {m!r}; choose from {', '.join(METHODS)}")
-    decisions = {m: [] for m in methods}
-    n = ndis = 0
+        _check_method(m)
+    recs, resps, prompts, langs = _records(input_path)
+    verdicts = {m: (detect_batch(resps, prompts, None, m) if recs else []) for m in methods}
+    decisions = {m: [v.refusal for v in vs] for m, vs in verdicts.items()}
+    n = len(recs)
+    ndis = 0
     with _atomic_output(disagreements_path) as (out, fh):
-        for no, rec in iter_records(input_path):
-            resp = rec["response"]
-            prompt = rec.get("prompt") if isinstance(rec.get("prompt"), str) else None
-            vs = {m: detect(resp, prompt, None, m) for m in methods}
-            for m, v in vs.items():
-                decisions[m].append(v.refusal)
-            n += 1
+        for k, (no, rec) in enumerate(recs):
+            vs = {m: verdicts[m][k] for m in methods}
             if len({v.refusal for v in vs.values()}) > 1:
                 ndis += 1
                 row = {"line": no}
                 if "id" in rec:
                     row["id"] = rec["id"]
-                row["prompt"] = prompt
-                row["response"] = resp
+                row["prompt"] = prompts[k]
+                row["response"] = resps[k]
                 row["verdicts"] = {m: {"refusal": v.refusal, "category": v.category, "score": v.score,
-                                       "evidence": v.evidence} for m, v in vs.items()}
+                                       "evidence": v.evidence, "harmful": v.harmful} for m, v in vs.items()}
                 fh.write(_dumps(row) + "\n")
-    kappa = {f"{a}|{b}": cohen_kappa(decisions[a], decisions[b]) for a, b in combinations(methods, 2)}
-    rate = {m: round(sum(d) / n, 4) if n else 0.0 for m, d in decisions.items()}
+    rep = agreement_report(decisions)
     return {"input": os.fspath(input_path), "disagreements_path": os.fspath(out), "n": n, "methods": methods,
-            "refusal_rate": rate, "kappa": kappa, "disagreements": ndis, "version": DETECTOR_VERSION}
+            "refusal_rate": rep["refusal_rate"], "kappa": {k: v["kappa"] for k, v in rep["pairs"].items()},
+            "pairs": rep["pairs"], "disagreements": ndis, "version": DETECTOR_VERSION}
