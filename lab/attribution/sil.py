@@ -36,7 +36,7 @@ from lab.attribution.analysis import intersection_union, overlap_table, random_m
 from lab.attribution.interventions import _param_map, canonical_name
 from lab.attribution.masks import Mask, top_q_mask
 from lab.attribution.params import scored_parameters
-from lab.attribution.snip import abs_grad_sums
+from lab.attribution.snip import abs_grad_sums, times_abs
 from lab.errors import LabError
 
 GRAD_AT = ("attacked", "aligned")
@@ -75,19 +75,16 @@ def sil_scores(attacked: nn.Module, aligned, batches: Sequence[dict], *, grad_at
     if grad_at == "aligned" and not isinstance(aligned, nn.Module):
         raise LabError("grad_at='aligned' needs the aligned model, not a state dict")
     grad_model = attacked if grad_at == "attacked" else aligned
-    params = scored_parameters(grad_model)
-    g = abs_grad_sums(grad_model, batches, params=params, layers_per_pass=layers_per_pass, impl=impl,
-                      progress=progress)  # E_x |∇L(x)|, fp32, one buffer per matrix
     att = _param_map(attacked)
-    out = {}
-    for name in list(g):
-        s = g.pop(name)
+
+    def delta(name):
         a = att.get(canonical_name(name))
         if a is None:
             raise LabError(f"attacked model lacks parameter {name!r}")
-        s.mul_((a.detach().float() - _aligned_weight(aligned, name, a).float()).abs_())  # (out, in)
-        out[name] = s if score_dtype == torch.float32 else s.to(score_dtype)
-    return out
+        return (a.detach().float() - _aligned_weight(aligned, name, a).float()).abs_()  # (out, in): |Δθ|
+    # E_x |∇L(x)| (fp32, one buffer per matrix of a pass), times |Δθ| as each pass ends
+    return abs_grad_sums(grad_model, batches, params=scored_parameters(grad_model), layers_per_pass=layers_per_pass,
+                         impl=impl, reduce=times_abs(delta, score_dtype), progress=progress)
 
 
 def sil_masks(scores_by_lang: Mapping[str, Mapping[str, torch.Tensor]], k: float = 20.0,

@@ -143,8 +143,12 @@ def _microbatch_pass(model, params: dict[str, nn.Parameter], bufs: dict, batches
 
 def abs_grad_sums(model: nn.Module, batches: Sequence[dict], *, params: dict[str, nn.Parameter] | None = None,
                   layers_per_pass: int | None = None, impl: str = "auto",
+                  reduce: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
                   progress: Callable[[str], None] | None = None) -> dict[str, torch.Tensor]:
-    """Σᵢ wᵢ |∇_W ℓᵢ| per scored matrix (fp32, ℓᵢ = token-mean response CE of example i)."""
+    """Σᵢ wᵢ |∇_W ℓᵢ| per scored matrix (fp32, ℓᵢ = token-mean response CE of example i).
+
+    reduce(name, buffer), if given, turns each buffer into what is kept (e.g. a bf16 score) as soon as
+    its pass ends, so with layers_per_pass only one pass's fp32 buffers exist at a time."""
     params = params if params is not None else scored_parameters(model)
     n_ex = n_examples(batches)
     if n_ex == 0:
@@ -162,17 +166,19 @@ def abs_grad_sums(model: nn.Module, batches: Sequence[dict], *, params: dict[str
                 _outer_pass(model, {n: mods[n] for n in group}, bufs, batches, 1.0 / n_ex, dev, progress, tag)
             else:
                 _microbatch_pass(model, {n: params[n] for n in group}, bufs, batches, 1.0 / n_ex, dev, progress, tag)
-            out.update(bufs)
+            for n in group:
+                b = bufs.pop(n)
+                out[n] = reduce(n, b) if reduce is not None else b
+                del b
     return {n: out[n] for n in params}
 
 
-def _finish(bufs: dict[str, torch.Tensor], params, score_dtype) -> dict[str, torch.Tensor]:
-    out = {}
-    for name in list(bufs):
-        s = bufs.pop(name)
-        s.mul_(params[name].detach().abs())  # (out, in): |W| ⊙ accumulated gradient term
-        out[name] = s if score_dtype == torch.float32 else s.to(score_dtype)
-    return out
+def times_abs(factor: Callable[[str], torch.Tensor], score_dtype: torch.dtype):
+    """reduce(name, buf) = buf ⊙ factor(name), in place, stored in score_dtype."""
+    def reduce(name, buf):
+        buf.mul_(factor(name))  # (out, in): |W| (or |ΔW|) ⊙ accumulated gradient term
+        return buf if score_dtype == torch.float32 else buf.to(score_dtype)
+    return reduce
 
 
 def snip_scores(model: nn.Module, batches: Sequence[dict], *, params: dict[str, nn.Parameter] | None = None,
@@ -180,8 +186,8 @@ def snip_scores(model: nn.Module, batches: Sequence[dict], *, params: dict[str, 
                 progress: Callable[[str], None] | None = None) -> dict[str, torch.Tensor]:
     """Wei et al.'s SNIP: |W| ⊙ Σᵢ wᵢ |∇_W ℓᵢ| (per-example absolute gradients; see the module docstring)."""
     params = params if params is not None else scored_parameters(model)
-    bufs = abs_grad_sums(model, batches, params=params, layers_per_pass=layers_per_pass, impl=impl, progress=progress)
-    return _finish(bufs, params, score_dtype)
+    return abs_grad_sums(model, batches, params=params, layers_per_pass=layers_per_pass, impl=impl,
+                         reduce=times_abs(lambda n: params[n].detach().abs(), score_dtype), progress=progress)
 
 
 def snip_pooled_scores(model: nn.Module, batches: Sequence[dict], *, params: dict[str, nn.Parameter] | None = None,
