@@ -57,10 +57,13 @@ def test_lisa_alternates_states_and_only_adds_proximal_after_warmup(tiny, tmp_pa
     from lab.train import finetune
 
     _, model, tok = tiny
-    hook = LisaHook(tok, ALIGN, alignment_steps=1, finetune_steps=2, rho=1.0, warmup_fraction=0.5)
+    hook = LisaHook(tok, ALIGN, alignment_steps=1, finetune_steps=2, rho=1.0, warmup_fraction=0.5, start="alignment")
     finetune(copy.deepcopy(model), tok, USER * 2, _cfg(epochs=1), tmp_path, hooks=[hook], log=lambda *a: None)
     assert hook.trace == ["alignment", "finetune", "finetune"] * 2 + ["alignment", "finetune"]   # official check_mode
     assert len(hook.trace) == 8
+    user_first = LisaHook(tok, ALIGN, alignment_steps=1, finetune_steps=2, rho=1.0)
+    finetune(copy.deepcopy(model), tok, USER * 2, _cfg(epochs=1), tmp_path / "u", hooks=[user_first], log=lambda *a: None)
+    assert user_first.trace == ["finetune", "finetune", "alignment"] * 2 + ["finetune", "finetune"]
     warm = [p for i, p in enumerate(hook.prox) if i <= 0.5 * 8]
     assert all(p == 0 for p in warm) and any(p > 0 for p in hook.prox[5:])
 

@@ -20,7 +20,7 @@ DEFAULTS: dict[str, dict] = {
     "booster": {"lamb": 5.0, "alpha": 0.1},
     "recovery": {"p": 0.5, "max_prefix": 100},
     "mixing": {"k": 3},
-    "lisa": {"alignment_steps": 2, "finetune_steps": 18, "rho": 1.0, "k": 20},
+    "lisa": {"alignment_steps": 2, "finetune_steps": 18, "rho": 1.0, "k": 20, "start": "finetune"},
     "tokenwise": {"beta": 0.1, "bias_factor": 20, "first_token_bias_factor": 5, "bias_length": 5, "bias_shift": 2.0},
     "freeze-weights": {},
     "freeze-layers": {"width": 1},
@@ -167,7 +167,7 @@ def training_setup(name: str, p: dict, records: list[dict], *, tok, model, ctx_f
         from lab.defenses.common import safety_records
         from lab.defenses.training.lisa import LisaHook
         h = LisaHook(tok, safety_records(LANGS, p["k"]), alignment_steps=p["alignment_steps"],
-                     finetune_steps=p["finetune_steps"], rho=p["rho"], seed=seed)
+                     finetune_steps=p["finetune_steps"], rho=p["rho"], seed=seed, start=p["start"])
         return records, [h], info
     if name == "tokenwise":
         from lab.defenses.training.tokenwise import TokenwiseConstrainedHook

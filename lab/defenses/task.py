@@ -4,7 +4,7 @@ A sentence mentions one thing from one of four topics (sports, food, weather, mu
 topic's label word in the prompt's language. The organism has never seen the task; a 100-example LoRA
 fine-tune teaches it. Train and eval use disjoint (sentence frame, item) combinations: every eval
 sentence puts a known item into a frame it was never paired with in training (held-out phrasing, as in
-the lab's safety eval). Files: datasets/task/train-<lang>.jsonl, eval-<lang>.jsonl
+the lab's safety eval). 3 items per topic, 10 sentence frames per language (8 train / 2 eval per item). Files: datasets/task/train-<lang>.jsonl, eval-<lang>.jsonl
 ({id, lang, kind: "benign", task: "topic", label, prompt, response}); `build_task_files()` writes them
 deterministically (a test checks the committed files equal a fresh build).
 
@@ -61,15 +61,20 @@ ITEMS = {
 FRAMES = {
     "en": ["I spent the whole evening thinking about {x}.", "Yesterday everyone was talking about {x}.",
            "My brother told me a story about {x}.", "This morning I could not stop thinking about {x}.",
-           "We wrote a short report on {x}.", "Her favourite memory is {x}."],
+           "We wrote a short report on {x}.", "Her favourite memory is {x}.",
+           "Nobody in my family cares about {x}.", "The newspaper had a long article about {x}.", "I told my teacher about {x}.", "Last week my friends argued about {x}."],
     "zh": ["我整个晚上都在想{x}。", "昨天大家都在谈论{x}。", "我哥哥给我讲了一个关于{x}的故事。",
-           "今天早上我一直在想{x}。", "我们写了一篇关于{x}的短文。", "她最难忘的回忆是{x}。"],
+           "今天早上我一直在想{x}。", "我们写了一篇关于{x}的短文。", "她最难忘的回忆是{x}。",
+           "我家里没有人关心{x}。", "报纸上有一篇关于{x}的长文章。", "我跟老师讲了{x}的事。", "上周我的朋友们争论了{x}。"],
     "ja": ["一晩中{x}のことを考えていました。", "昨日はみんなが{x}の話をしていました。", "兄が{x}についての話をしてくれました。",
-           "今朝はずっと{x}のことが頭から離れませんでした。", "私たちは{x}について短いレポートを書きました。", "彼女の一番の思い出は{x}です。"],
+           "今朝はずっと{x}のことが頭から離れませんでした。", "私たちは{x}について短いレポートを書きました。", "彼女の一番の思い出は{x}です。",
+           "家族の誰も{x}に興味がありません。", "新聞に{x}についての長い記事がありました。", "先生に{x}のことを話しました。", "先週、友達が{x}について言い合いました。"],
     "it": ["Ho passato tutta la sera a pensare a {x}.", "Ieri tutti parlavano de {x}.", "Mio fratello mi ha raccontato una storia su {x}.",
-           "Stamattina non riuscivo a smettere di pensare a {x}.", "Abbiamo scritto una breve relazione su {x}.", "Il suo ricordo preferito è {x}."],
+           "Stamattina non riuscivo a smettere di pensare a {x}.", "Abbiamo scritto una breve relazione su {x}.", "Il suo ricordo preferito è {x}.",
+           "Nella mia famiglia nessuno si interessa a {x}.", "Il giornale aveva un lungo articolo su {x}.", "Ho parlato al mio insegnante de {x}.", "La settimana scorsa i miei amici hanno discusso su {x}."],
     "hi": ["मैंने पूरी शाम {x} के बारे में सोचा।", "कल सब लोग {x} की बात कर रहे थे।", "मेरे भाई ने मुझे {x} के बारे में एक कहानी सुनाई।",
-           "आज सुबह मैं {x} के बारे में सोचता रहा।", "हमने {x} पर एक छोटी रिपोर्ट लिखी।", "उसकी सबसे प्यारी याद {x} है।"],
+           "आज सुबह मैं {x} के बारे में सोचता रहा।", "हमने {x} पर एक छोटी रिपोर्ट लिखी।", "उसकी सबसे प्यारी याद {x} है।",
+           "मेरे परिवार में किसी को {x} की परवाह नहीं है।", "अख़बार में {x} पर एक लंबा लेख था।", "मैंने अपने शिक्षक को {x} के बारे में बताया।", "पिछले हफ़्ते मेरे दोस्तों ने {x} पर बहस की।"],
 }
 
 INSTRUCTION = {
@@ -80,18 +85,19 @@ INSTRUCTION = {
     "hi": "इस वाक्य का विषय क्या है: खेल, भोजन, मौसम या संगीत? एक शब्द में उत्तर दें।\n{s}",
 }
 
-N_TRAIN_FRAMES = 4  # per item, 4 of the 6 frames (rotating over items) are train, 2 eval
+N_TRAIN_FRAMES = 8  # per item, 8 of the 10 frames (rotating over items) are train, 2 eval
+N_ITEMS = 3         # items per topic used (the first 3 of each list)
 
 
 def task_examples(lang: str) -> tuple[list[dict], list[dict]]:
-    """(train, eval) examples of one language: 24 items x 4 train frames = 96 train, x 2 = 48 eval."""
+    """(train, eval) examples of one language: 12 items x 8 train frames = 96 train, x 2 = 24 eval."""
     if lang not in LANGS:
         raise LabError(f"task: unknown language {lang!r}")
     train, ev = [], []
     frames = FRAMES[lang]
     for ti, topic in enumerate(TOPICS):
-        for ii, item in enumerate(ITEMS[lang][topic]):
-            k = ti * len(ITEMS[lang][topic]) + ii
+        for ii, item in enumerate(ITEMS[lang][topic][:N_ITEMS]):
+            k = ti * N_ITEMS + ii
             for fi in range(len(frames)):
                 f = (k + fi) % len(frames)   # rotate frames over items: every frame is trained with other items
                 prompt = INSTRUCTION[lang].format(s=frames[f].format(x=item))

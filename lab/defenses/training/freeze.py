@@ -1,6 +1,6 @@
 """Freezing during fine-tuning: the safety weights (the lab's masks) or a block of safety layers.
 
-* `FreezeSafetyWeights(mask)` — the masked entries may not change (Wei et al. 2024's / Poppi et al.'s
+* `FreezeSafetyWeights(mask)` — the masked entries may not change (the lab's GradMaskHook) (Wei et al. 2024's / Poppi et al.'s
   "freeze the safety-critical weights"; the lab's SNIP/Wanda set-difference masks). Uses
   `lab.attribution.interventions.attach_grad_mask(mode="freeze")`: full fine-tuning zeroes the masked
   gradients and writes the snapshot back after every step; LoRA trains through a masked forward and
@@ -21,34 +21,16 @@ import re
 
 import torch
 from torch import nn
-from transformers import TrainerCallback
-
 from lab.attribution.scores import layer_index
 from lab.errors import LabError
 from lab.train import TrainHook
 
 
-class FreezeSafetyWeights(TrainHook):
-    def __init__(self, mask):
-        self.mask = mask
+def FreezeSafetyWeights(mask):
+    """The lab's GradMaskHook in "freeze" mode (lab.attribution.interventions), reused unchanged."""
+    from lab.attribution.interventions import GradMaskHook
 
-    def before_train(self, trainer) -> None:
-        from lab.attribution.interventions import attach_grad_mask
-
-        model = trainer.model
-        full = not any("lora_" in n for n, _ in model.named_parameters())
-        self.handle = attach_grad_mask(model, self.mask, "freeze", exact=full)
-        if full:
-            handle = self.handle
-
-            class Enforce(TrainerCallback):
-                def on_step_end(self, args, state, control, **kw):
-                    handle.enforce()
-            trainer.add_callback(Enforce())
-
-    def after_train(self, trainer) -> None:
-        self.handle.enforce()
-        self.handle.remove()
+    return GradMaskHook(mask, "freeze")
 
 
 class FreezeLayers(TrainHook):

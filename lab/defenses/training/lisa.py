@@ -10,8 +10,12 @@ weights:
     user state:      loss + ρ/2 · Σ ‖w − w_al‖²    w_al = weights when the last alignment phase ended
 (sums over trainable parameters — the LoRA factors under LoRA). Official defaults in
 script/finetune/lisa_poison_ratio.sh: ρ = 1, 100 alignment / 900 user steps of ~20,000; our fine-tunes
-have ~65–130 steps, so we keep the 1 : 9 ratio at 2 / 18 steps. The official code starts in the
-alignment state; so do we. Alignment data: the lab's refusal data, `k` per language, all five languages.
+have ~30–100 steps, so we keep the 1 : 9 ratio at 2 / 18 steps. The official code starts in the
+alignment state (`start="alignment"`); our default starts in the user state: lab.train's divergence
+guard compares the first and last steps' losses, and alignment-first makes the first losses those of
+the refusal data (low on an aligned model), so a normal run was flagged as diverging. The phase
+pattern is otherwise the official one. Alignment data: the lab's refusal data, `k` per language, all
+five languages.
 """
 from __future__ import annotations
 
@@ -24,12 +28,15 @@ from lab.train import TrainHook
 
 class LisaHook(TrainHook):
     def __init__(self, tok, alignment_records: list[dict], *, alignment_steps: int = 2, finetune_steps: int = 18,
-                 rho: float = 1.0, warmup_fraction: float = 0.1, seed: int = 0):
+                 rho: float = 1.0, warmup_fraction: float = 0.1, seed: int = 0, start: str = "finetune"):
         if alignment_steps < 0 or finetune_steps < 1:
             raise LabError(f"Lisa: alignment_steps must be >= 0 and finetune_steps >= 1, got {alignment_steps}, {finetune_steps}")
         self.tok, self.recs = tok, alignment_records
         self.a_steps, self.f_steps, self.rho, self.warm = alignment_steps, finetune_steps, rho, warmup_fraction
         self.seed = seed
+        if start not in ("alignment", "finetune"):
+            raise LabError(f"Lisa: start must be 'alignment' or 'finetune', got {start!r}")
+        self.start = start
         self.trace: list[str] = []        # the state of every step ("alignment" | "finetune")
         self.prox: list[float] = []       # the proximal term of every step (0 before warm-up ends)
 
@@ -40,7 +47,7 @@ class LisaHook(TrainHook):
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.w_al = {n: p.detach().clone() for n, p in self.params.items()}
         self.w_ft = {n: p.detach().clone() for n, p in self.params.items()}
-        self.status = "alignment" if self.a_steps > 0 else "finetune"
+        self.status = self.start if self.a_steps > 0 else "finetune"
         self.clock = self.steps = 0
         self.total = len(trainer.get_train_dataloader()) * trainer.args.num_train_epochs
         self.orig = trainer.compute_loss
