@@ -244,3 +244,9 @@ def test_real_copies_counts_and_parallel_pids(shared):
             assert all(s == sets[0] for s in sets)
     ft = load_finetune_source(f"polyrefuse@train:{d / 'polyrefuse'}", 100, lang="ja")
     assert len(ft) == 100 and len({r.prompt for r in ft}) == 100
+
+
+def test_relative_paths_resolve_against_the_checkout(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a recipe's eval.data default, run from elsewhere
+    recs = load_eval_source("datasets/splits/eval.jsonl", ["en"], limit=2)
+    assert by(recs) == {("en", "harmful"): 2, ("en", "benign"): 2}

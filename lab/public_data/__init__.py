@@ -37,6 +37,14 @@ def data_dirs() -> list[Path]:
     return dirs
 
 
+def _local(p: str) -> Path:
+    """A relative path resolves against the working directory, then the lab's checkout."""
+    path = Path(p).expanduser()
+    if path.is_absolute() or path.exists() or not (Path(REPO_ROOT) / p).exists():
+        return path
+    return Path(REPO_ROOT) / p
+
+
 def detect(path: Path) -> str | None:
     """Which benchmark a local file / folder is, from its shape (None: not recognised)."""
     if path.is_dir():
@@ -67,7 +75,7 @@ def _named(name: str, sel: str | None, path: str | None, langs: list[str]) -> li
         raise LabError(f"eval data '{name}': covers {', '.join(bench.langs)}, none of the requested languages "
                        f"{', '.join(langs)} (see the language coverage table in the README)")
     if path is not None:
-        p = Path(path).expanduser()
+        p = _local(path)
         if not p.exists():
             raise LabError(f"eval data '{name}:{path}': {p} does not exist")
         return LOCAL[name](p, use, sel)
@@ -113,17 +121,17 @@ def _one(part: str, langs: list[str]) -> list[EvalPrompt]:
     name, _, sel = head.partition("@")
     if name in BENCHMARKS:
         return _named(name, sel or None, path if sep else None, langs)
-    p = Path(part).expanduser()
+    p = _local(part)
     if not p.exists():
         raise LabError(f"eval data '{part}': not a file or folder, and not a benchmark name "
                        f"({', '.join(BENCHMARKS)}, hub:<dataset id>)")
     if p.suffix == ".jsonl" and not p.name.startswith("mt_bench_"):
-        return [r for r in read_jsonl(p, EvalPrompt) if r.lang in langs]
+        return [r for r in read_jsonl(p, EvalPrompt, unique="id") if r.lang in langs]
     name = detect(p)
     if name is None:
         raise LabError(f"eval data '{part}': not recognised as the lab's eval JSONL or as a copy of "
                        f"{', '.join(BENCHMARKS)}; name it explicitly, e.g. 'multijail:{part}'")
-    return _named(name, None, part, langs)
+    return _named(name, None, str(p), langs)
 
 
 def limit_parallel(recs: list[EvalPrompt], limit: int | None) -> list[EvalPrompt]:

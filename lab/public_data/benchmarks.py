@@ -230,7 +230,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
               "github.com/llm-attacks/llm-attacks data/advbench/harmful_behaviors.csv", "walledai/AdvBench",
               parallel=False, notes="520 English harmful behaviours", hub_langs=("en",)),
     Benchmark("mt-bench", ("benign",), ("en", "zh", "ja", "it", "hi"), "mt_bench",
-              "github.com/lm-sys/FastChat fastchat/llm_judge/data/mt_bench (+ translations: ServiceNow/FastChat, GeneZC/MiniMA)",
+              "mt_bench_<en|jp|it|hindi>_question.jsonl of github.com/ServiceNow/FastChat, mt_bench_zh_question.jsonl of github.com/GeneZC/MiniMA",
               "HuggingFaceH4/mt_bench_prompts", notes="80 benign questions (first turn); hub copy is English only",
               hub_langs=("en",)),
 ]}
