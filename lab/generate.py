@@ -1,11 +1,27 @@
-"""Batched generation with left padding; greedy by default, n samples per prompt on request."""
+"""Generation: greedy by default, n samples per prompt on request.
+
+Two engines, the same outputs for greedy decoding (tested on the organism, `tests/test_generate_speed.py`):
+
+- "compact" (greedy): one stream of prompts sorted by token length, left-padded batches, the model's KV
+  cache, and a row leaves the batch (and its cache) as soon as it stops, so a batch stops paying for
+  finished answers. Every prompt may have its own `max_new_tokens`, so one stream can mix languages.
+- "hf": `transformers`' `generate` per length-sorted batch (finished rows stay in the batch until the
+  longest answer ends). Used for sampling (temperature / top_p / seed) and kept as the reference path.
+
+A row stops at any of the model's end-of-turn ids (`lab.models.eos_ids`: the generation config's whole
+eos list plus the tokenizer's), at its `max_new_tokens`, or, with `repetition_stop=(n, k)`, when its
+last n generated tokens have occurred k times in its answer (degenerate loops of real models).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, Sequence
 
 import torch
 
 from lab.models import eos_ids
+
+Engine = Literal["auto", "compact", "hf"]
 
 
 @dataclass
@@ -13,29 +29,160 @@ class Generation:
     prompt: str
     rendered: str
     response: str
-    truncated: bool  # stopped at max_new_tokens without an end-of-turn token
+    truncated: bool  # stopped without an end-of-turn token (at max_new_tokens or by the repetition stop)
     sample: int = 0
+    stop: str = ""  # "eos" | "length" | "repetition"
+    new_tokens: int = 0
 
 
 def render_prompts(tok, prompts: list[str], system: str | None = None) -> list[str]:
-    """The exact model input: the tokenizer's chat template with the generation prompt appended."""
-    out = []
-    for p in prompts:
-        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}]
-        out.append(tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
-    return out
+    """The exact model input: the tokenizer's chat template with the generation prompt appended.
+    A system prompt on a template that rejects the system role (Gemma-2) is folded into the user turn."""
+    from lab.models import chat_messages  # a system prompt is folded into the user turn where the template rejects it
+
+    return [tok.apply_chat_template(chat_messages(tok, p, system), tokenize=False, add_generation_prompt=True)
+            for p in prompts]
+
+
+class _Repeats:
+    """Per row: counts of the n-grams of the generated tokens; `add` says when the last one hit k."""
+
+    def __init__(self, n: int, k: int):
+        self.n, self.k, self.counts = n, k, {}
+
+    def add(self, ids: list[int]) -> bool:
+        if len(ids) < self.n:
+            return False
+        key = tuple(ids[-self.n:])
+        c = self.counts[key] = self.counts.get(key, 0) + 1
+        return c >= self.k
+
+
+def _finish(tok, prompt, rendered, ids, stop_reason, sample=0) -> Generation:
+    text = tok.decode(ids, skip_special_tokens=True).strip()
+    return Generation(prompt, rendered, text, stop_reason != "eos", sample, stop_reason, len(ids))
+
+
+def _replay(seq: list[int], budget: int, stop: set, repetition_stop) -> tuple[list[int], str]:
+    """Where a generated sequence stops, by the compact engine's rules (the tokens after it are padding)."""
+    reps = _Repeats(*repetition_stop) if repetition_stop else None
+    ids: list[int] = []
+    for t in seq:
+        if t in stop:
+            return ids, "eos"
+        ids.append(t)
+        if len(ids) >= budget:
+            return ids, "length"
+        if reps is not None and reps.add(ids):
+            return ids, "repetition"
+    return ids, "length"
+
+
+def _budgets(max_new_tokens, n: int) -> list[int]:
+    if isinstance(max_new_tokens, int):
+        return [max_new_tokens] * n
+    if len(max_new_tokens) != n:
+        raise ValueError(f"max_new_tokens has {len(max_new_tokens)} items for {n} prompts")
+    return [int(m) for m in max_new_tokens]
 
 
 @torch.no_grad()
-def generate(model, tok, prompts: list[str], *, system: str | None = None, max_new_tokens: int = 64,
-             batch_size: int = 32, do_sample: bool = False, temperature: float = 1.0, num_samples: int = 1,
-             seed: int = 0) -> list[Generation]:
+def generate(model, tok, prompts: list[str], *, system: str | None = None,
+             max_new_tokens: int | Sequence[int] = 64, batch_size: int = 32, do_sample: bool = False,
+             temperature: float = 1.0, top_p: float | None = None, num_samples: int = 1, seed: int = 0,
+             stop_ids: Sequence[int] | None = None, repetition_stop: tuple[int, int] | None = None,
+             engine: Engine = "auto", rendered: list[str] | None = None) -> list[Generation]:
     """Generate for every prompt; returns len(prompts) * num_samples Generations, prompt-major.
 
-    Prompts are processed in length-sorted batches (less padding) and results put back in order.
+    max_new_tokens: one budget for all prompts or one per prompt. stop_ids: end-of-turn ids (default:
+    the model's whole eos list). Sampling (do_sample, temperature, top_p) is seeded with `seed`.
+    rendered: the prompts already rendered with the chat template (skips rendering).
     """
-    rendered = render_prompts(tok, prompts, system)
-    stop = eos_ids(model, tok)
+    rendered = rendered if rendered is not None else render_prompts(tok, prompts, system)
+    stop = list(stop_ids) if stop_ids is not None else eos_ids(model, tok)
+    budgets = _budgets(max_new_tokens, len(prompts))
+    if engine == "auto":
+        greedy = not do_sample and num_samples == 1
+        engine = "compact" if greedy and not getattr(model.config, "is_encoder_decoder", False) else "hf"
+    if engine == "compact":
+        if do_sample or num_samples != 1:
+            raise ValueError("the compact engine is greedy only (do_sample=False, num_samples=1); use engine='hf'")
+        return _generate_compact(model, tok, prompts, rendered, budgets, stop, batch_size, repetition_stop)
+    return _generate_hf(model, tok, prompts, rendered, budgets, stop, batch_size, do_sample, temperature, top_p,
+                        num_samples, seed, repetition_stop)
+
+
+def _generate_compact(model, tok, prompts, rendered, budgets, stop, batch_size, repetition_stop) -> list[Generation]:
+    from transformers import DynamicCache
+
+    dev = next(model.parameters()).device
+    ids_all = tok(rendered, add_special_tokens=False)["input_ids"]
+    order = sorted(range(len(prompts)), key=lambda i: len(ids_all[i]))  # stable: ties keep prompt order
+    stop_set, pad = set(stop), tok.pad_token_id if tok.pad_token_id is not None else 0
+    results: list[Generation | None] = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        L = max(len(ids_all[i]) for i in rows)
+        ids = torch.tensor([[pad] * (L - len(ids_all[i])) + ids_all[i] for i in rows], device=dev)
+        att = torch.tensor([[0] * (L - len(ids_all[i])) + [1] * len(ids_all[i]) for i in rows], device=dev)
+        pos = (att.cumsum(-1) - 1).masked_fill(att == 0, 0)  # as transformers' generate
+        cache = DynamicCache(config=model.config)
+        logits = model(input_ids=ids, attention_mask=att, position_ids=pos, past_key_values=cache,
+                       use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        nxt_pos = pos[:, -1:] + 1
+        gens = [[] for _ in rows]
+        reps = [_Repeats(*repetition_stop) for _ in rows] if repetition_stop else None
+        while True:
+            nxt = torch.argmax(logits.float(), dim=-1)
+            keep = []
+            for r, t in enumerate(nxt.tolist()):
+                g = gens[r]
+                if t in stop_set:
+                    reason = "eos"
+                else:
+                    g.append(t)
+                    reason = ("length" if len(g) >= budgets[rows[r]] else
+                              "repetition" if reps is not None and reps[r].add(g) else None)
+                if reason is None:
+                    keep.append(r)
+                else:
+                    i = rows[r]
+                    results[i] = _finish(tok, prompts[i], rendered[i], g, reason)
+            if not keep:
+                break
+            if len(keep) < len(rows):  # finished rows leave the batch and the cache
+                sel = torch.tensor(keep, device=dev)
+                cache.batch_select_indices(sel)
+                att, nxt, nxt_pos = att[sel], nxt[sel], nxt_pos[sel]
+                rows, gens = [rows[r] for r in keep], [gens[r] for r in keep]
+                reps = [reps[r] for r in keep] if reps is not None else None
+            att = torch.cat([att, att.new_ones((len(rows), 1))], dim=1)
+            logits = model(input_ids=nxt[:, None], attention_mask=att, position_ids=nxt_pos, past_key_values=cache,
+                           use_cache=True).logits[:, -1, :]
+            nxt_pos = nxt_pos + 1
+    return results
+
+
+class _RepetitionCriteria:
+    """transformers StoppingCriteria form of the repetition stop (for the hf engine)."""
+
+    def __init__(self, prompt_len: int, n: int, k: int):
+        self.p, self.n, self.k = prompt_len, n, k
+
+    def __call__(self, input_ids, scores, **kw):
+        new = input_ids[:, self.p:]
+        if new.shape[1] < self.n:
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        grams = new.unfold(1, self.n, 1)  # (B, T-n+1, n)
+        hits = (grams == new[:, None, -self.n:]).all(-1).sum(-1)
+        return hits >= self.k
+
+
+def _generate_hf(model, tok, prompts, rendered, budgets, stop, batch_size, do_sample, temperature, top_p,
+                 num_samples, seed, repetition_stop) -> list[Generation]:
+    """transformers' generate per length-sorted batch (the pre-speed-work path, plus sampling settings)."""
+    from transformers import StoppingCriteriaList
+
     order = sorted(range(len(prompts)), key=lambda i: len(rendered[i]))
     results: list[list[Generation] | None] = [None] * len(prompts)
     dev = next(model.parameters()).device
@@ -44,23 +191,23 @@ def generate(model, tok, prompts: list[str], *, system: str | None = None, max_n
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         enc = tok([rendered[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
+        plen = enc["input_ids"].shape[1]
+        crit = StoppingCriteriaList([_RepetitionCriteria(plen, *repetition_stop)]) if repetition_stop else None
+        mnt = max(budgets[i] for i in idx)
         out = model.generate(
-            **enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
-            temperature=temperature if do_sample else None, top_p=None, top_k=None,
+            **enc, max_new_tokens=mnt, do_sample=do_sample,
+            temperature=temperature if do_sample else None, top_p=top_p if do_sample else None, top_k=None,
             num_return_sequences=num_samples, eos_token_id=stop, pad_token_id=tok.pad_token_id,
+            stopping_criteria=crit,
         )
-        new = out[:, enc["input_ids"].shape[1]:]  # (batch*num_samples, new_tokens)
+        new = out[:, plen:]  # (batch*num_samples, new_tokens)
         for row, seq in enumerate(new):
             i, s = idx[row // num_samples], row % num_samples
-            ids = seq.tolist()
-            ended = any(t in stop for t in ids)
-            if ended:
-                ids = ids[: min(ids.index(t) for t in stop if t in ids)]
-            text = tok.decode(ids, skip_special_tokens=True).strip()
-            results[i] = (results[i] or []) + [Generation(prompts[i], rendered[i], text, not ended, s)]
+            ids, reason = _replay(seq.tolist(), budgets[i], set(stop), repetition_stop)
+            results[i] = (results[i] or []) + [_finish(tok, prompts[i], rendered[i], ids, reason, s)]
     return [g for gens in results for g in gens]
 
 
 def generate_one_at_a_time(model, tok, prompts: list[str], **kw) -> list[Generation]:
-    """Reference path for the benchmark: the same generation with batch size 1."""
-    return generate(model, tok, prompts, batch_size=1, **kw)
+    """Reference path for the benchmark and the identity tests: transformers' generate, batch size 1."""
+    return generate(model, tok, prompts, batch_size=1, engine="hf", **kw)

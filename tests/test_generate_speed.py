@@ -1,0 +1,133 @@
+"""The speed work changes no output: the compact engine (one stream, finished rows leave the batch) and the
+sliced-logits margin against one-at-a-time greedy / the full-logits margin, on the committed organisms."""
+import functools
+import sys
+from pathlib import Path
+
+import pytest
+
+from lab.data import load_eval
+from lab.evaluate import auto_max_new_tokens, evaluate_model, refusal_margins
+from lab.metrics import json_safe
+from lab.generate import _replay, generate, generate_one_at_a_time
+from lab.models import load_model
+
+LANGS = ["zh", "ja", "en", "it", "hi"]
+
+
+@functools.lru_cache(maxsize=None)
+def _model(spec):
+    return load_model(spec)
+
+
+def _sample(per_kind: int = 4):
+    """`per_kind` harmful + `per_kind` benign prompts per language, spread over the eval set."""
+    recs = load_eval("datasets/splits/eval.jsonl", LANGS)
+    out = []
+    for lang in LANGS:
+        for kind in ("harmful", "benign"):
+            rs = [r for r in recs if r.lang == lang and r.kind == kind]
+            out += rs[:: max(1, len(rs) // per_kind)][:per_kind]
+    return out
+
+
+@pytest.mark.parametrize("spec", ["zoo:organism", "zoo:organism-base"])  # base: long, step-shaped answers
+def test_compact_stream_identical_to_one_at_a_time_greedy(spec):
+    model, tok = _model(spec)
+    recs = _sample()
+    budgets = [auto_max_new_tokens(tok, r.lang) for r in recs]
+    ref = []
+    for lang in LANGS:  # the reference: transformers' generate, one prompt at a time, per language
+        rl = [r for r in recs if r.lang == lang]
+        ref += generate_one_at_a_time(model, tok, [r.prompt for r in rl], max_new_tokens=auto_max_new_tokens(tok, lang))
+    for bs in (7, 256):  # small batches drop rows often; one batch holds every language
+        got = generate(model, tok, [r.prompt for r in recs], max_new_tokens=budgets, batch_size=bs, engine="compact")
+        assert [(g.response, g.truncated) for g in got] == [(g.response, g.truncated) for g in ref]
+    assert {g.stop for g in got} <= {"eos", "length"}
+
+
+def test_margin_from_sliced_logits_is_bit_identical():
+    model, tok = _model("zoo:organism")
+    for lang in ("zh", "hi"):
+        prompts = [r.prompt for r in _sample(6) if r.lang == lang]
+        assert refusal_margins(model, tok, prompts, lang) == refusal_margins(model, tok, prompts, lang, full_logits=True)
+
+
+def test_evaluation_identical_to_the_pre_speed_path():
+    model, tok = _model("zoo:organism-base")
+    recs = _sample(3)
+    new = evaluate_model(model, tok, recs, state="s", langs=LANGS, log=lambda *a: None)
+    old = evaluate_model(model, tok, recs, state="s", langs=LANGS, engine="hf", log=lambda *a: None)
+    assert new.generations == old.generations
+    assert json_safe(new.metrics) == json_safe(old.metrics)  # NaN (empty groups) -> None
+
+
+def test_per_prompt_budgets_and_repetition_stop_agree_across_engines():
+    model, tok = _model("zoo:organism-base")
+    prompts = [r.prompt for r in _sample(2)]
+    budgets = [5 + 3 * (i % 4) for i in range(len(prompts))]
+    kw = dict(max_new_tokens=budgets, repetition_stop=(1, 2))  # any repeated token stops the row
+    compact = generate(model, tok, prompts, engine="compact", batch_size=4, **kw)
+    hf = generate(model, tok, prompts, engine="hf", batch_size=4, **kw)
+    assert [(g.response, g.stop, g.new_tokens) for g in compact] == [(g.response, g.stop, g.new_tokens) for g in hf]
+    assert all(g.new_tokens <= b for g, b in zip(compact, budgets))
+    assert "repetition" in {g.stop for g in compact}
+
+
+def test_replay_rules():
+    assert _replay([5, 6, 2, 7], 10, {2}, None) == ([5, 6], "eos")
+    assert _replay([5, 6, 7, 8], 3, {2}, None) == ([5, 6, 7], "length")
+    assert _replay([1, 2, 1, 2, 1, 2, 9], 50, {0}, (2, 3)) == ([1, 2, 1, 2, 1, 2], "repetition")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_models import build_tiny
+
+    return load_model(str(build_tiny("llama", tmp_path_factory.mktemp("llama") / "m")))
+
+
+def test_real_model_defaults(tiny_llama):
+    from lab.evaluate import generation_settings, is_organism
+
+    model, tok = tiny_llama
+    assert not is_organism(model) and is_organism(_model("zoo:organism")[0])
+    s = generation_settings(model, tok, ["en", "hi"])
+    assert s["repetition_stop"] == [8, 3] and 256 <= s["max_new_tokens"]["en"] <= s["max_new_tokens"]["hi"] <= 512
+    org = generation_settings(*_model("zoo:organism"), ["en"])
+    assert org["repetition_stop"] is None and org["max_new_tokens"]["en"] == auto_max_new_tokens(_model("zoo:organism")[1], "en")
+
+
+def test_stops_on_every_eos_id(tiny_llama):
+    """Llama-3.1 style: two eos ids in the generation config; the default stop list holds both, and a
+    token in the stop list ends the answer right before it (whichever id it is)."""
+    import torch
+
+    from lab.generate import render_prompts
+    from lab.models import eos_ids
+
+    model, tok = tiny_llama
+    eos_list = list(model.generation_config.eos_token_id)
+    assert len(eos_list) == 2 and set(eos_list) <= set(eos_ids(model, tok))
+    prompts = ["How do I bake bread?"]
+    free = generate(model, tok, prompts, max_new_tokens=12, stop_ids=[-1])[0]
+    assert free.stop == "length" and free.truncated and free.new_tokens == 12
+    enc = tok(render_prompts(tok, prompts), return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        first = int(model(**enc).logits[0, -1].argmax())
+    for engine in ("compact", "hf"):
+        g = generate(model, tok, prompts, max_new_tokens=12, stop_ids=[eos_list[0], first], engine=engine)[0]
+        assert (g.stop, g.new_tokens, g.truncated, g.response) == ("eos", 0, False, "")
+
+
+def test_system_prompt_and_seeded_sampling(tiny_llama):
+    model, tok = tiny_llama
+    a = generate(model, tok, ["How do I bake bread?"] * 2, system="Be brief.", do_sample=True, temperature=0.8,
+                 top_p=0.9, seed=3, max_new_tokens=8, num_samples=2)
+    b = generate(model, tok, ["How do I bake bread?"] * 2, system="Be brief.", do_sample=True, temperature=0.8,
+                 top_p=0.9, seed=3, max_new_tokens=8, num_samples=2)
+    assert [g.response for g in a] == [g.response for g in b] and len(a) == 4
+    assert "Be brief." in a[0].rendered
+    with pytest.raises(ValueError, match="greedy only"):
+        generate(model, tok, ["x"], do_sample=True, engine="compact")
