@@ -4,14 +4,15 @@ the dev data (../shared/data/detector-dev, if present) plus the project's own la
 
     PYTHONPATH=. python benchmarks/detector.py [--shared PATH] [--json benchmarks/results/detector.json]
 
+(The generalization protocol -- untuned own split, leave-one-source-out, CIs -- is
+benchmarks/detector_generalization.py; this script is the in-sample table and the throughput.)
+
 Labels: xstest `2_full_refusal` and `3_partial_refusal` -> refusal (1), `1_full_compliance` -> 0;
 polyrefuse-gemma `wildguard.refusal` (1 refusal / 0 not; missing labels skipped); own cases `label`.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import glob
 import json
 import os
 import platform
@@ -24,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lab.detect import DETECTOR_VERSION, METHODS, detect  # noqa: E402
+from lab.detect.devdata import load_cases as _load_cases, load_polyrefuse, load_xstest  # noqa: E402,F401
 from lab.detect.io import detect_file  # noqa: E402
 
 DEFAULT_SHARED = REPO.parent / "shared" / "data" / "detector-dev"
@@ -31,47 +33,8 @@ CASES_DIR = REPO / "eval" / "detector" / "cases"
 LANGS = ("zh", "ja", "en", "it", "hi")
 
 
-def load_xstest(root: Path) -> list[dict]:
-    out = []
-    for f in sorted(glob.glob(str(root / "xstest" / "model_completions" / "*.csv"))):
-        model = Path(f).stem.replace("xstest_v2_completions_", "")
-        with open(f, newline="", encoding="utf-8") as fh:
-            for r in csv.DictReader(fh):
-                lab_ = r.get("final_label", "")
-                if not lab_ or lab_[0] not in "123":
-                    continue
-                out.append({"lang": "en", "source": f"xstest-{model}", "prompt": r["prompt"],
-                            "response": r["completion"] or "", "label": int(lab_[0] in "23")})
-    return out
-
-
-def load_polyrefuse(root: Path) -> list[dict]:
-    out = []
-    for f in sorted(glob.glob(str(root / "polyrefuse-gemma" / "*.json"))):
-        parts = Path(f).stem.split("__")
-        lang, setting = parts[1], parts[2].replace("harmful_", "").replace("_evaluations", "")
-        with open(f, encoding="utf-8") as fh:
-            data = json.load(fh)
-        for c in data["completions"]:
-            lab_ = (c.get("wildguard") or {}).get("refusal")
-            if lab_ not in (0, 1):
-                continue
-            out.append({"lang": lang, "source": f"polyrefuse-{setting}", "prompt": c.get("instruction"),
-                        "response": c.get("response") or "", "label": int(lab_)})
-    return out
-
-
 def load_cases(d: Path = CASES_DIR) -> list[dict]:
-    out = []
-    for f in sorted(d.glob("*.jsonl")):
-        with open(f, encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip():
-                    r = json.loads(line)
-                    out.append({"lang": r["lang"], "source": "cases", "prompt": r.get("prompt"),
-                                "response": r["response"], "label": int(r["label"]), "id": r.get("id"),
-                                "kind": r.get("kind")})
-    return out
+    return _load_cases(d)
 
 
 def metrics(labels, preds) -> dict:
@@ -174,8 +137,9 @@ def main(argv=None) -> int:
         for t in results["throughput"]:
             print(f"| {t['method']} | {t['responses']} | {t['input_mb']} | {t['seconds']} | {t['responses_per_sec']:,} |")
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    with open(a.json, "w", encoding="utf-8") as fh:
-        json.dump(results, fh, ensure_ascii=False, indent=1)
+    from lab.data import atomic_write_text
+
+    atomic_write_text(Path(a.json), json.dumps(results, ensure_ascii=False, indent=1) + "\n")
     print(f"\nwrote {a.json}")
     return 0
 

@@ -97,16 +97,25 @@ def model_state_name(spec: str) -> str:
 @lab_errors
 def detect(input: Optional[Path] = typer.Argument(None, help="JSONL with a 'response' field per line"),
            output: Optional[Path] = typer.Option(None, "--output", "-o"),
-           method: str = typer.Option("tiered", "--method", help="tiered | dictionary-000 | gcg | substring"),
+           method: str = typer.Option("tiered", "--method",
+                                      help="tiered | tiered-rules | dictionary-000 | gcg | substring | keywords | "
+                                           "judge:<hub id or path> (judge:<classifier|wildguard|qwen3guard>=<model>)"),
            compare: Optional[str] = typer.Option(None, "--compare", help="comma-separated methods: kappa + disagreements"),
-           disagreements: Optional[Path] = typer.Option(None, "--disagreements")):
+           disagreements: Optional[Path] = typer.Option(None, "--disagreements"),
+           text: Optional[str] = typer.Option(None, "--text", help="judge one response given on the command line"),
+           prompt: Optional[str] = typer.Option(None, "--prompt", help="the prompt of --text (optional)")):
     """Judge responses with the shared refusal detector."""
     import json
 
     from lab.detect.io import compare_file, detect_file
 
+    if text is not None:
+        from lab.detect import detect as _detect
+
+        print(json.dumps(_detect(text, prompt, method=method).to_dict(), indent=1, ensure_ascii=False))
+        return 0
     if input is None:
-        raise LabError("lab detect: give an INPUT.jsonl")
+        raise LabError("lab detect: give an INPUT.jsonl or --text")
     if compare:
         methods = [m.strip() for m in compare.split(",") if m.strip()]
         dis = disagreements or (output or input.with_suffix("")).with_name(input.stem + ".disagreements.jsonl")

@@ -1,0 +1,144 @@
+"""The detector's generalization protocol (issue 11): per language, balanced accuracy with 95 % CIs,
+every method side by side.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/detector_generalization.py [--json benchmarks/results/detector_generalization.json]
+
+1. untuned own split (eval/detector/labelled/untuned.jsonl): written before any tuning, never fit on;
+2. leave-one-source-out: the learned component is re-trained without one source group (own-tune,
+   polyrefuse, xstest, cases) and measured on it; the rules and baselines are measured on the same rows
+   (the rules were written with all sources in view, so their LOSO figure is not out-of-sample);
+3. development data as a whole (in-sample for `tiered`: shown for reference only).
+CIs: 95 % percentile bootstrap of balanced accuracy (scipy.stats.bootstrap, paired over (label,
+prediction), 2,000 resamples, seed 0).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from lab.detect import DETECTOR_VERSION, METHODS, detect  # noqa: E402
+from lab.detect.combined import detect_default  # noqa: E402
+from lab.detect.devdata import LANGS, load_dev, load_labelled, source_group  # noqa: E402
+
+LOSO_GROUPS = ("own-tune", "polyrefuse", "xstest", "cases")
+
+
+def balanced_accuracy(y, p) -> float:
+    y, p = np.asarray(y, bool), np.asarray(p, bool)
+    pos, neg = y.sum(), (~y).sum()
+    if not pos or not neg:
+        return float("nan")
+    return 0.5 * ((p & y).sum() / pos + (~p & ~y).sum() / neg)
+
+
+def ba_ci(y, p, seed: int = 0) -> dict:
+    from scipy.stats import bootstrap
+
+    y, p = np.asarray(y, bool), np.asarray(p, bool)
+    ba = balanced_accuracy(y, p)
+    out = {"n": int(len(y)), "pos": int(y.sum()), "neg": int((~y).sum()), "ba": round(float(ba), 4),
+           "tpr": round(float((p & y).sum() / max(1, y.sum())), 4),
+           "tnr": round(float((~p & ~y).sum() / max(1, (~y).sum())), 4)}
+    if y.sum() < 2 or (~y).sum() < 2 or np.isnan(ba):
+        out["ci"] = None
+        return out
+    if (p == y).all():
+        out["ci"] = [1.0, 1.0]
+        return out
+    res = bootstrap((y, p), lambda a, b: balanced_accuracy(a, b), paired=True, vectorized=False,
+                    n_resamples=2000, confidence_level=0.95, method="percentile", random_state=seed)
+    lo, hi = res.confidence_interval
+    out["ci"] = [round(float(np.nan_to_num(lo, nan=0.0)), 3), round(float(np.nan_to_num(hi, nan=1.0)), 3)]
+    return out
+
+
+def per_lang(rows, preds) -> dict:
+    res = {}
+    for lang in LANGS:
+        idx = [i for i, r in enumerate(rows) if r["lang"] == lang]
+        if idx:
+            res[lang] = ba_ci([rows[i]["label"] for i in idx], [preds[i] for i in idx])
+    return res
+
+
+def run_methods(rows, methods) -> dict:
+    return {m: per_lang(rows, [detect(r["response"], r["prompt"], method=m).refusal for r in rows]) for m in methods}
+
+
+def loso(methods) -> dict:
+    from lab.detect.train import featurize, fit, model_from, training_rows
+
+    rows = training_rows()
+    feats = featurize(rows)
+    groups = [source_group(r["source"]) for r in rows]
+    out = {}
+    for g in LOSO_GROUPS:
+        tr = [i for i in range(len(rows)) if groups[i] != g]
+        te = [i for i in range(len(rows)) if groups[i] == g]
+        model = model_from(fit([rows[i] for i in tr], feats=[feats[i] for i in tr]))
+        held = [rows[i] for i in te]
+        res = {"tiered (re-trained without it)": per_lang(
+            held, [detect_default(r["response"], r["prompt"], None, "", model).refusal for r in held])}
+        res.update(run_methods(held, [m for m in methods if m != "tiered"]))
+        out[g] = res
+        print(f"  LOSO {g}: {len(te)} rows held out", file=sys.stderr)
+    return out
+
+
+def cell(r) -> str:
+    if r is None:
+        return "-"
+    ci = r.get("ci")
+    return f"{r['ba']:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{r['ba']:.3f}"
+
+
+def table(res: dict) -> str:
+    methods = list(res)
+    langs = [lang for lang in LANGS if any(lang in res[m] for m in methods)]
+    lines = ["| lang | n (ref/not) | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    for lang in langs:
+        first = next(res[m][lang] for m in methods if lang in res[m])
+        lines.append(f"| {lang} | {first['n']} ({first['pos']}/{first['neg']}) | "
+                     + " | ".join(cell(res[m].get(lang)) for m in methods) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "detector_generalization.json"))
+    ap.add_argument("--no-loso", action="store_true")
+    a = ap.parse_args(argv)
+    methods = list(METHODS)
+    results = {"detector_version": DETECTOR_VERSION, "python": platform.python_version(),
+               "ci": "95% percentile bootstrap of balanced accuracy (scipy.stats.bootstrap, 2000, seed 0)"}
+    untuned = load_labelled("untuned")
+    results["untuned"] = run_methods(untuned, methods)
+    print(f"lab.detect {DETECTOR_VERSION}\n\n1. untuned own split: balanced accuracy [95% CI]")
+    print(table(results["untuned"]))
+    dev = load_dev()
+    if dev:
+        results["dev_in_sample"] = run_methods(dev, methods)
+        print("\n3. development data (in-sample for tiered)")
+        print(table(results["dev_in_sample"]))
+        if not a.no_loso:
+            results["loso"] = loso(methods)
+            for g, res in results["loso"].items():
+                print(f"\n2. leave-one-source-out: held out {g}")
+                print(table(res))
+    from lab.data import atomic_write_text
+
+    atomic_write_text(Path(a.json), json.dumps(results, ensure_ascii=False, indent=1) + "\n")
+    print(f"\nwrote {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
