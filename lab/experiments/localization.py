@@ -31,7 +31,7 @@ from lab.config import FineTune, RecipeBase, Strict
 from lab.errors import LabError
 from lab.experiments.base import Experiment, RunContext, StateResult, canary, check_model_and_prompts, evaluate_state
 
-INTERVENTIONS = ("prune", "restore-base", "masked-attack", "freeze", "restore")
+INTERVENTIONS = ("prune", "restore-base", "masked-attack", "freeze", "restore", "sil")
 
 
 class Attribution(Strict):
@@ -45,6 +45,14 @@ class Attribution(Strict):
     per_language: bool = True
 
 
+class SIL(Strict):
+    """Poppi et al.'s Safety Information Localization (lab.attribution.sil): per attack language, a full
+    attack on that language's harmful set, then the top-k % of |Δθ| ⊙ E_x|∇L(x)| on its own data."""
+    langs: list[Literal["zh", "ja", "en", "it", "hi"]] = Field(default_factory=lambda: ["en", "zh", "hi"], min_length=2)
+    k: float = Field(20.0, gt=0, le=100, description="percent of linear weights per language")
+    test_lang: Literal["zh", "ja", "en", "it", "hi"] = Field("en", description="whose SIL mask the masked/frozen attacks use")
+
+
 class LocalizationRecipe(RecipeBase):
     kind: Literal["localization"]
     base_model: str = Field("zoo:organism-base", description="helpful-only model: the source for restored-base-*")
@@ -55,6 +63,7 @@ class LocalizationRecipe(RecipeBase):
     interventions: list[Literal[INTERVENTIONS]] = Field(default_factory=lambda: list(INTERVENTIONS))
     masked_attack_sizes: list[float] = Field(default_factory=lambda: [1, 5, 20, 50])
     random_control: bool = True
+    sil: SIL = Field(default_factory=SIL)
 
 
 class LocalizationExperiment(Experiment):
@@ -106,6 +115,9 @@ class LocalizationExperiment(Experiment):
             out += [f"frozen-attack-{m}{sfx(c)}" for m in ("lora", "full") for c in self._controls()]
         if "restore" in iv:
             out += ["restored" + sfx(c) for c in self._controls()]
+        if "sil" in iv:
+            out += [f"sil-masked-attack{sfx(c)}" for c in self._controls()]
+            out += [f"sil-frozen-attack{sfx(c)}" for c in self._controls()]
         return out
 
     # ------------------------------------------------------------------ masks (shared artifacts)
@@ -167,6 +179,8 @@ class LocalizationExperiment(Experiment):
                 m = found[f"sweep-{size:g}"] = masks.top_q_mask(adj, size, a.scope)
                 found[f"random-sweep-{size:g}"] = analysis.random_mask_like(m, seed=r.seed + int(size * 10))
                 info[f"sweep-{size:g}"] = {"fraction": masks.mask_fraction(m)}
+        if "sil" in r.interventions:
+            info["_sil"] = self._sil_masks(ctx, found)
         tmp.mkdir(parents=True, exist_ok=True)
         for name, m in found.items():
             masks.save_mask(m, tmp / name, {**meta, "mask": name})
@@ -179,8 +193,34 @@ class LocalizationExperiment(Experiment):
         tmp.rename(mdir)
         self.log(f"  main mask: {100 * info['main']['fraction']:.2f}% of linear weights ({info['_seconds']:.1f} s)")
 
+    def _sil_masks(self, ctx: RunContext, found: dict) -> dict:
+        """Per SIL language: a full attack on its harmful set, SIL scores on that set, the top-k % mask."""
+        from lab.attribution import analysis, masks, scores, sil
+
+        r = self.recipe
+        by_lang, secs = {}, {}
+        for l in r.sil.langs:
+            t = time.time()
+            recs = [x.model_dump() for x in r.attack.model_copy(update={"lang": l, "path": None}).load_records()]
+            attacked = self._attack(ctx, f"sil-source-{l}", "full", recs=recs)
+            b = scores.build_calibration(self.tok, recs[: r.attribution.n_examples], batch_size=r.attribution.batch_size,
+                                         max_length=r.attribution.max_length)
+            by_lang[l] = sil.sil_scores(attacked, self.aligned, b)
+            shutil.rmtree(ctx.out_dir / "finetunes" / f"sil-source-{l}", ignore_errors=True)
+            secs[l] = round(time.time() - t, 2)
+            del attacked
+        ms = sil.sil_masks(by_lang, r.sil.k, r.attribution.scope)
+        for l, m in ms.items():
+            found[f"sil-{l}"] = m
+        test = ms[r.sil.test_lang]
+        found["random-sil"] = analysis.random_mask_like(test, seed=r.seed + 31)
+        overlap = sil.cross_language_overlap(ms, seed=r.seed)
+        self.log(f"  SIL masks ({', '.join(r.sil.langs)}, top {r.sil.k}%): all-language intersection "
+                 f"{overlap['all']['ratio']:.2f}x random")
+        return {"overlap": overlap, "fraction": {l: masks.mask_fraction(m) for l, m in ms.items()}, "seconds": secs}
+
     # ------------------------------------------------------------------ states
-    def _attack(self, ctx, state: str, method: str, mask=None, mode: str = "only"):
+    def _attack(self, ctx, state: str, method: str, mask=None, mode: str = "only", recs=None):
         from lab.train import finetune
 
         r = self.recipe
@@ -193,7 +233,8 @@ class LocalizationExperiment(Experiment):
                                     seed=r.seed, merge=True)
         work = ctx.out_dir / "finetunes" / state
         shutil.rmtree(work, ignore_errors=True)
-        mdl = finetune(copy.deepcopy(self.aligned), self.tok, self.attack_recs, cfg, work, hooks=hooks, log=self.log)
+        mdl = finetune(copy.deepcopy(self.aligned), self.tok, recs if recs is not None else self.attack_recs, cfg, work,
+                       hooks=hooks, log=self.log)
         shutil.rmtree(work / "trainer", ignore_errors=True)
         return mdl
 
@@ -259,6 +300,14 @@ class LocalizationExperiment(Experiment):
             moved = sum(int((v != attacked[k]).sum()) for k, v in mdl.state_dict().items())
             check = 0 if moved <= n else moved
             desc = f"attack-full, then the {label} mask copied back from the aligned model"
+        elif name.startswith("sil-"):
+            m = self.masks["random-sil" if label == "random" else f"sil-{r.sil.test_lang}"]
+            mode = "only" if name.startswith("sil-masked") else "freeze"
+            mdl = self._attack(ctx, name, "full", m, mode)
+            check = self._changed(mdl, m, fixed_is_mask=(mode == "freeze"))
+            what = "only" if mode == "only" else "all but"
+            desc = (f"full attack on the attack set where {what} the {label} mask (SIL of {r.sil.test_lang}, "
+                    f"{r.sil.k:g}% of linear weights) may change")
         else:  # pragma: no cover - states() and run_state() list the same names
             raise LabError(f"localization: unknown state {name!r}")
         if check:
@@ -277,6 +326,7 @@ class LocalizationExperiment(Experiment):
         return {"base_model": self.recipe.base_model, "models": models,
                 "states": {s: results[s]["description"] for s in models},
                 "masks": {k: v for k, v in info.items() if not k.startswith("_")}, "overlap": info.get("_overlap", []),
+                "sil": info.get("_sil"),
                 "mask_checks": {"changed_outside_mask": {s: results[s]["mask_check"] for s in models
                                                          if results[s]["mask_check"] is not None}},
                 "transfer": transfer_matrix(models) if len(models) > 1 else None}
@@ -296,6 +346,15 @@ class LocalizationExperiment(Experiment):
         lines += [f"- `{s}`: {d}" for s, d in metrics["states"].items()]
         if (out_dir / "masks" / "overlap.md").is_file():
             lines += ["", "## Per-language mask overlap (Jaccard)", "", (out_dir / "masks" / "overlap.md").read_text()]
+        if metrics.get("sil"):
+            o = metrics["sil"]["overlap"]
+            lines += ["", f"## SIL (Poppi et al.): top {r.sil.k:g}% per attack language", "",
+                      "| pair | Jaccard | random (same sizes) |", "|---|---|---|"]
+            lines += [f"| {x['a']}–{x['b']} | {x['jaccard']:.3f} | {x['random_jaccard']:.3f} |" for x in o["pairs"]
+                      if "a" in x and "jaccard" in x]
+            a_ = o["all"]
+            lines += ["", f"Weights in every language's SIL mask: {a_['intersection']:,} of {a_['total']:,} "
+                          f"({a_['ratio']:.2f}x same-size random masks)."]
         diverged = metrics.get("diverged") or {}
         if diverged:
             lines += ["", "## Diverged (no result)", ""] + [f"- `{s}`: {m}" for s, m in diverged.items()]
