@@ -2,9 +2,11 @@
 
 1. batched vs one-at-a-time greedy generation on the same prompts (outputs must be identical)
 2. TRL SFTTrainer step time vs a minimal torch loop doing the same math (LoRA, same batches)
-3. quickstart wall time (lab run recipes/quickstart.yaml, fresh run directory)
+3. one state's evaluation before (engine="hf") / after the speed work, rows identical
+4. new tokens/s vs the model's FLOP per token and one core's measured matmul throughput
+5. quickstart wall time (--quickstart: lab run recipes/quickstart.yaml, fresh run directory)
 
-    python benchmarks/spine.py            # prints a table, writes benchmarks/results/spine.json
+    python benchmarks/spine.py [--generation-only|--eval-only|--training-only] [--quickstart]
 """
 from __future__ import annotations
 
@@ -25,32 +27,93 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def bench_generation(n_per_lang: int = 32) -> dict:
+def _matmul_gflops(n: int = 1024, reps: int = 7) -> float:
+    """Measured fp32 matmul throughput of one core (median of reps, n x n @ n x n)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        ts.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(ts) / 1e9
+
+
+def _flop_per_token(model) -> float:
+    """2 x (weights a generated token multiplies): every linear weight incl. the LM head; embedding lookup free."""
+    n = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return 2.0 * n
+
+
+def _sample_prompts(n_per_lang: int):
     from lab.data import load_eval
-    from lab.generate import generate
+
+    recs = load_eval(ROOT / "datasets/splits/eval.jsonl", LANGS)
+    prompts = []
+    for lang in LANGS:
+        prompts += [r.prompt for r in recs if r.lang == lang][::7][:n_per_lang]
+    return prompts
+
+
+LANGS = ["zh", "ja", "en", "it", "hi"]
+
+
+def bench_generation(n_per_lang: int = 32, mnt: int = 64) -> dict:
+    """One-at-a-time greedy (transformers' generate, batch 1) vs batched: hf engine and the compact engine."""
+    from lab.generate import generate, generate_one_at_a_time
     from lab.models import load_model
 
     model, tok = load_model("zoo:organism")
-    recs = load_eval(ROOT / "datasets/splits/eval.jsonl", ["zh", "ja", "en", "it", "hi"])
-    prompts = []
-    for lang in ["zh", "ja", "en", "it", "hi"]:
-        prompts += [r.prompt for r in recs if r.lang == lang][::7][:n_per_lang]
+    prompts = _sample_prompts(n_per_lang)
     generate(model, tok, prompts[:4], max_new_tokens=8)  # warm-up
     t = time.perf_counter()
-    one = generate(model, tok, prompts, max_new_tokens=64, batch_size=1)
+    one = generate_one_at_a_time(model, tok, prompts, max_new_tokens=mnt)
     t_one = time.perf_counter() - t
-    by_bs = {}
-    for bs in (16, 64, len(prompts)):  # length-sorted batches; the whole set at once last
+    ref = [(g.response, g.truncated) for g in one]
+    new_tokens = sum(g.new_tokens for g in one)
+    by = {}
+    for engine, bs in (("hf", 64), ("compact", 64), ("compact", 256)):
         t = time.perf_counter()
-        batched = generate(model, tok, prompts, max_new_tokens=64, batch_size=bs)
-        by_bs[bs] = {"s": round(time.perf_counter() - t, 3),
-                     "identical": sum(a.response == b.response for a, b in zip(one, batched))}
-    best = min(by_bs, key=lambda b: by_bs[b]["s"])
-    return {"prompts": len(prompts), "one_at_a_time_s": round(t_one, 3), "batch_size": best,
-            "batched_s": by_bs[best]["s"], "speedup": round(t_one / by_bs[best]["s"], 2),
-            "identical_outputs": by_bs[best]["identical"], "total_outputs": len(prompts),
-            "by_batch_size": {str(b): {**v, "speedup": round(t_one / v["s"], 2)} for b, v in by_bs.items()},
-            "mean_new_tokens_one_at_a_time": round(sum(len(tok(g.response)["input_ids"]) for g in one) / len(one), 1)}
+        got = generate(model, tok, prompts, max_new_tokens=mnt, batch_size=bs, engine=engine)
+        dt = time.perf_counter() - t
+        by[f"{engine}/{bs}"] = {"s": round(dt, 3), "speedup_vs_one": round(t_one / dt, 2),
+                                "identical": sum(a == (g.response, g.truncated) for a, g in zip(ref, got)),
+                                "new_tokens_per_s": round(new_tokens / dt)}
+    best = min((k for k in by if k.startswith("compact")), key=lambda k: by[k]["s"])
+    fpt = _flop_per_token(model)
+    peak = _matmul_gflops()
+    tps = by[best]["new_tokens_per_s"]
+    return {"prompts": len(prompts), "max_new_tokens": mnt, "new_tokens": new_tokens, "one_at_a_time_s": round(t_one, 3),
+            "by_engine": by, "best": best, "identical_outputs": by[best]["identical"], "total_outputs": len(prompts),
+            "speedup": by[best]["speedup_vs_one"], "speedup_vs_hf_batched": round(by["hf/64"]["s"] / by[best]["s"], 2),
+            "flop_per_token_M": round(fpt / 1e6, 2), "matmul_gflops_one_core": round(peak, 1),
+            "new_tokens_per_s": tps, "useful_gflops": round(tps * fpt / 1e9, 2),
+            "fraction_of_matmul_peak": round(tps * fpt / 1e9 / peak, 4),
+            "note": "useful GFLOP/s = new tokens/s x FLOP per token (linear weights incl. LM head; prefill, attention "
+                    "and padding not counted); matmul peak = one-core fp32 1024^2 matmul measured in the same run"}
+
+
+def bench_eval(limit: int = 64) -> dict:
+    """One state's evaluation (generation + detector + margin), pre-speed path (engine='hf': per language,
+    transformers' generate, batch 64, full-logits margin) vs now (one compact stream, sliced margin)."""
+    from lab.data import load_eval
+    from lab.evaluate import evaluate_model
+    from lab.models import load_model
+
+    recs = load_eval(ROOT / "datasets/splits/eval.jsonl", LANGS, limit)
+    out = {"prompts": len(recs), "limit_per_kind": limit}
+    for spec in ("zoo:organism", "zoo:organism-base"):  # short refusals; long step-shaped answers
+        model, tok = load_model(spec)
+        t = time.perf_counter()
+        old = evaluate_model(model, tok, recs, state="s", langs=LANGS, engine="hf", batch_size=64, log=lambda *a: None)
+        t_old = time.perf_counter() - t
+        t = time.perf_counter()
+        new = evaluate_model(model, tok, recs, state="s", langs=LANGS, log=lambda *a: None)
+        t_new = time.perf_counter() - t
+        out[spec] = {"before_s": round(t_old, 2), "after_s": round(t_new, 2), "speedup": round(t_old / t_new, 2),
+                     "rows_identical": sum(a == b for a, b in zip(old.generations, new.generations)),
+                     "rows": len(new.generations)}
+    return out
 
 
 def bench_training(steps: int = 30) -> dict:
@@ -79,14 +142,34 @@ def bench_training(steps: int = 30) -> dict:
         def on_step_end(self, args, state, control, **kw):
             self.times.append(time.perf_counter() - self.t)
 
-    model, tok = load_model("zoo:organism")
-    timer = StepTimer()
-    with tempfile.TemporaryDirectory() as d:
-        t = time.perf_counter()
-        finetune(model, tok, data, FineTuneConfig(epochs=1, batch_size=bs, lr=3e-3), Path(d), log=lambda *a: None,
-                 callbacks=[timer])
-        t_trl = time.perf_counter() - t
-    trl_steps = timer.times[1:]  # first step = warm-up
+    def run_trainer(trainer_cls=None):
+        import trl
+
+        model, tok = load_model("zoo:organism")
+        timer = StepTimer()
+        real = trl.SFTTrainer
+        if trainer_cls is not None:  # lab.train imports trl.SFTTrainer at call time
+            trl.SFTTrainer = trainer_cls
+        try:
+            with tempfile.TemporaryDirectory() as d:
+                t = time.perf_counter()
+                finetune(model, tok, data, FineTuneConfig(epochs=1, batch_size=bs, lr=3e-3), Path(d),
+                         log=lambda *a: None, callbacks=[timer])
+                return time.perf_counter() - t, timer.times[1:]  # first step = warm-up
+        finally:
+            trl.SFTTrainer = real
+
+    from trl import SFTTrainer
+
+    class PlainLossSFTTrainer(SFTTrainer):
+        """The model's own cross-entropy instead of TRL's chunked log-prob head (and its entropy/accuracy logs)."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = model(**{**inputs, "use_cache": False}, num_items_in_batch=num_items_in_batch)
+            return (out.loss, out) if return_outputs else out.loss
+
+    t_trl, trl_steps = run_trainer()
+    t_plain, plain_steps = run_trainer(PlainLossSFTTrainer)
 
     # minimal loop: the same tokenization (prompt-completion, completion-only loss), same LoRA config
     from lab.zoo.organism import encode_example
@@ -118,6 +201,9 @@ def bench_training(steps: int = 30) -> dict:
             "sft_step_median_ms": round(1000 * statistics.median(trl_steps), 1),
             "minimal_step_median_ms": round(1000 * statistics.median(min_steps), 1),
             "overhead_ratio": round(statistics.median(trl_steps) / statistics.median(min_steps), 2),
+            "plain_loss_sft_step_median_ms": round(1000 * statistics.median(plain_steps), 1),
+            "plain_loss_overhead_ratio": round(statistics.median(plain_steps) / statistics.median(min_steps), 2),
+            "plain_loss_end_to_end_s": round(t_plain, 3),
             "note": "overhead_ratio: median optimizer-step time (steps 2..N; SFTTrainer timed by a callback from "
                     "on_step_begin to on_step_end, the minimal loop including its batch collation); "
                     "end_to_end_ratio also counts SFTTrainer's dataset tokenization, the lab's loss-mask check "
@@ -137,26 +223,43 @@ def bench_quickstart() -> dict:
 
 
 def main() -> None:
-    if "--generation-only" in sys.argv or "--training-only" in sys.argv:  # refresh one part, keep the others
-        old = json.loads((ROOT / "benchmarks/results/spine.json").read_text())
-        part = "generation" if "--generation-only" in sys.argv else "training"
-        res = {**old, part: bench_generation() if part == "generation" else bench_training()}
-    else:
-        res = {"generation": bench_generation(), "training": bench_training(), "quickstart": bench_quickstart()}
-    res.update({
-           "threads": torch.get_num_threads(), "torch": torch.__version__})
-    g, t, q = res["generation"], res["training"], res["quickstart"]
-    rows = [
-        ("generation: one-at-a-time (s)", g["one_at_a_time_s"]), (f"generation: batched, batch {g.get('batch_size')} (s)", g["batched_s"]),
-        ("generation: speed-up (x)", g["speedup"]), ("generation: identical outputs", f"{g['identical_outputs']}/{g['total_outputs']}"),
-        ("training: SFTTrainer median step (ms)", t["sft_step_median_ms"]), ("training: minimal loop median step (ms)", t["minimal_step_median_ms"]),
-        ("training: per-step overhead ratio (x)", t["overhead_ratio"]), ("training: end-to-end ratio incl. setup (x)", t["end_to_end_ratio"]), ("quickstart: wall time (s)", q["wall_s"]),
-    ]
+    parts = {"generation": bench_generation, "eval": bench_eval, "training": bench_training}
+    only = [p for p in parts if f"--{p}-only" in sys.argv]  # refresh parts, keep the others
+    out = ROOT / "benchmarks/results/spine.json"
+    res = json.loads(out.read_text()) if only and out.is_file() else {}
+    for name in only or parts:
+        res[name] = parts[name]()
+    if "--quickstart" in sys.argv:
+        res["quickstart"] = bench_quickstart()
+    res.update({"threads": torch.get_num_threads(), "torch": torch.__version__,
+                "load_average_after": list(os.getloadavg())})
+    g, e, t = res.get("generation", {}), res.get("eval", {}), res.get("training", {})
+    rows = []
+    if g:
+        rows += [("generation: one-at-a-time, 160 prompts (s)", g["one_at_a_time_s"])]
+        rows += [(f"generation: {k} (s, x vs one-at-a-time, identical)",
+                  f"{v['s']} s, {v['speedup_vs_one']}x, {v['identical']}/{g['total_outputs']}") for k, v in g["by_engine"].items()]
+        rows += [("generation: compact vs hf batched (x)", g["speedup_vs_hf_batched"]),
+                 ("generation: new tokens/s (best compact)", g["new_tokens_per_s"]),
+                 ("generation: useful GFLOP/s vs one-core matmul GFLOP/s",
+                  f"{g['useful_gflops']} / {g['matmul_gflops_one_core']} = {g['fraction_of_matmul_peak']:.1%}")]
+    for spec in ("zoo:organism", "zoo:organism-base"):
+        if spec in e:
+            v = e[spec]
+            rows.append((f"evaluation of one state, {spec}, {e['prompts']} prompts: before / after (s)",
+                         f"{v['before_s']} / {v['after_s']} = {v['speedup']}x, rows identical {v['rows_identical']}/{v['rows']}"))
+    if t:
+        rows += [("training: SFTTrainer / minimal loop, median step (ms)",
+                  f"{t['sft_step_median_ms']} / {t['minimal_step_median_ms']} = {t['overhead_ratio']}x"),
+                 ("training: SFTTrainer with the model's own loss / minimal loop (ms)",
+                  f"{t['plain_loss_sft_step_median_ms']} / {t['minimal_step_median_ms']} = {t['plain_loss_overhead_ratio']}x"),
+                 ("training: end-to-end ratio incl. setup (x)", t["end_to_end_ratio"])]
+    if "quickstart" in res:
+        rows.append(("quickstart: wall time (s)", res["quickstart"]["wall_s"]))
     w = max(len(r[0]) for r in rows)
     print(f"{'measure':<{w}}  value")
     for k, v in rows:
         print(f"{k:<{w}}  {v}")
-    out = ROOT / "benchmarks/results/spine.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
     print(f"wrote {out}")
