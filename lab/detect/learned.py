@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import threading
+from operator import mul
 from pathlib import Path
 
 try:
@@ -74,7 +75,11 @@ class Model:
         self._index = {g: i for i, g in enumerate(self.grams)}
         self._find = None
         if _ac is not None and self.grams:
-            auto = _ac.AhoCorasick(self.grams, matchkind=_ac.MatchKind.Standard)
+            try:
+                auto = _ac.AhoCorasick(self.grams, matchkind=_ac.MatchKind.Standard,
+                                       implementation=_ac.Implementation.DFA)
+            except Exception:  # pragma: no cover - automaton too large for a DFA
+                auto = _ac.AhoCorasick(self.grams, matchkind=_ac.MatchKind.Standard)
             self._find = auto.find_matches_as_indexes
 
     def gram_ids(self, w: str) -> set:
@@ -85,9 +90,7 @@ class Model:
 
     def logit(self, w: str, feats) -> tuple[float, set]:
         ids = self.gram_ids(w)
-        gw = self.gw
-        z = self.bias + sum(gw[i] for i in ids)
-        z += sum(a * b for a, b in zip(self.fw, feats))
+        z = self.bias + sum(map(self.gw.__getitem__, ids)) + sum(map(mul, self.fw, feats))
         return z, ids
 
     def top_grams(self, ids, sign: int, k: int = 3) -> list:

@@ -16,6 +16,7 @@ SCAN_TAIL = 200  # ... and from the end (closing deflections: "let's talk about 
 SCAN_HEAD_DENSE = 220  # the same for CJK-like scripts (one character ~ one word)
 SCAN_TAIL_DENSE = 80
 INFO_CHARS = 1500  # characters inspected by the false-positive filter
+INFO_FEAT = 600  # ... when only the learned model needs the information signal
 OPENING = 300  # a refusal signal inside the opening (first OPENING chars) is decisive
 OPENING_DENSE = 150  # the same for CJK-like scripts (one character ~ one word)
 SHORT = 60  # "too short" (+10 score) below this many characters ...
@@ -52,9 +53,9 @@ _PROMPT_STOP = frozenset(
 )
 
 
-def _info_indicators(text: str, prompt: str | None, res_info, low_head: str, dense: bool):
-    """Return (count, names) of signs that the response carries real information."""
-    t = text[:INFO_CHARS]
+def _info_indicators(text: str, prompt: str | None, res_info, low_head: str, dense: bool, chars: int = INFO_CHARS):
+    """Return (count, names) of signs that the response carries real information (in its first `chars`)."""
+    t = text[:chars]
     names = []
     nums = 0
     year = False
@@ -313,9 +314,13 @@ def detect_tiered(text: str, prompt: str | None, lang_hint: str | None, version:
     short = n < (SHORT_DENSE if dense else SHORT)
     info_n = 0
     info_names: list = []
-    need_info = feats is not None or (not hard_open and bool(hard_late or defl_open or defl_late or subtypes))
+    need_info = not hard_open and bool(hard_late or defl_open or defl_late or subtypes)
     if need_info:
         info_n, info_names = _info_indicators(s, prompt, comp.info, low, dense)
+        feat_info = info_n
+    elif feats is not None:  # for the learned model only (the rules did not need it): a shorter look
+        feat_info = _info_indicators(s, prompt, comp.info, low, dense, INFO_FEAT)[0]
+    if need_info:
         # a refusal phrase deep inside an information-rich answer is a caveat, not a refusal
         if hard_late and info_n >= 2:
             hard_late = False
@@ -350,12 +355,12 @@ def detect_tiered(text: str, prompt: str | None, lang_hint: str | None, version:
     if feats is not None:
         feats.extend((
             float(hard_open), float(hard_late), float(defl_open), float(defl_late), float("disclaimer" in subtypes),
-            float("hedging" in subtypes), float("vagueness" in subtypes), float(pivot_pos >= 0), info_n / 8.0,
+            float("hedging" in subtypes), float("vagueness" in subtypes), float(pivot_pos >= 0), feat_info / 8.0,
             float(short), float(dense), min(n, 2000) / 2000.0, float(partial), float(min(refute, 2)),
             float(min(balanced, 3)), float(min(n_hard_open, 3)),
             (first_hard / opening) if first_hard >= 0 else 1.0, float(category != "none"),
             float(min(harm, 3)), float(min(offer, 3)), float(min(weak_open, 3)),
-            float(_count(_LIST, "\n" + s[:INFO_CHARS], 3) >= 3),
+            float(_count(_LIST, "\n" + s[:INFO_FEAT], 3) >= 3),
         ))
     return Verdict(
         category != "none", category, score, round(conf, 3), evidence, band_for(score), lang, method, version
