@@ -11,7 +11,8 @@ tracking: none
 eval: {limit: 2, langs: [en, zh], margin: false, canary: false}
 attribution: {method: wanda, n_examples: 4, per_language: false, q: 5, p: 5}
 attack: {n_examples: 8, epochs: 1, batch_size: 8}
-interventions: [prune, sil]
+interventions: [prune, sil, actsvd]
+actsvd: {safety_rank: 0.05, utility_rank: 0.5}
 sil: {langs: [en, zh], k: 20, test_lang: en}
 """
 
@@ -26,11 +27,12 @@ def sil_run(tmp_path_factory):
 
 def test_states_and_mask_checks(sil_run):
     out, m = sil_run
-    assert set(m["models"]) == {"aligned", "base", "pruned-safety", "pruned-random", "sil-masked-attack",
+    assert set(m["models"]) == {"aligned", "base", "pruned-safety", "pruned-random", "actsvd-removed", "sil-masked-attack",
                                 "sil-masked-attack-random", "sil-frozen-attack", "sil-frozen-attack-random"}
     # masked training never moved a weight it was told to keep (0 for every masked / frozen state)
     assert all(v == 0 for v in m["mask_checks"]["changed_outside_mask"].values())
     assert set(m["mask_checks"]["changed_outside_mask"]) >= {"sil-masked-attack", "sil-frozen-attack"}
+    assert m["actsvd"]["matrices"] > 0 and "rank-0.05 safety output subspace" in m["states"]["actsvd-removed"]
 
 
 def test_sil_masks_have_the_asked_size_and_an_overlap_table(sil_run):

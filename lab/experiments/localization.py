@@ -31,7 +31,7 @@ from lab.config import FineTune, RecipeBase, Strict
 from lab.errors import LabError
 from lab.experiments.base import Experiment, RunContext, StateResult, canary, check_model_and_prompts, evaluate_state
 
-INTERVENTIONS = ("prune", "restore-base", "masked-attack", "freeze", "restore", "sil")
+INTERVENTIONS = ("prune", "restore-base", "masked-attack", "freeze", "restore", "sil", "actsvd")
 
 
 class Attribution(Strict):
@@ -53,6 +53,13 @@ class SIL(Strict):
     test_lang: Literal["zh", "ja", "en", "it", "hi"] = Field("en", description="whose SIL mask the masked/frozen attacks use")
 
 
+class ActSVD(Strict):
+    """Wei et al.'s ActSVD (lab.attribution.actsvd): remove each linear layer's rank-r safety output
+    subspace, orthogonal to the utility subspace: W <- W - (I - P_u) P_s W."""
+    safety_rank: float = Field(0.05, gt=0, description="rank of P_s: an int, or a fraction of min(d_out, d_in)")
+    utility_rank: float | None = Field(0.5, gt=0, description="rank of P_u (null: remove P_s W alone)")
+
+
 class LocalizationRecipe(RecipeBase):
     kind: Literal["localization"]
     base_model: str = Field("zoo:organism-base", description="helpful-only model: the source for restored-base-*")
@@ -64,6 +71,7 @@ class LocalizationRecipe(RecipeBase):
     masked_attack_sizes: list[float] = Field(default_factory=lambda: [1, 5, 20, 50])
     random_control: bool = True
     sil: SIL = Field(default_factory=SIL)
+    actsvd: ActSVD = Field(default_factory=ActSVD)
 
 
 class LocalizationExperiment(Experiment):
@@ -115,6 +123,8 @@ class LocalizationExperiment(Experiment):
             out += [f"frozen-attack-{m}{sfx(c)}" for m in ("lora", "full") for c in self._controls()]
         if "restore" in iv:
             out += ["restored" + sfx(c) for c in self._controls()]
+        if "actsvd" in iv:
+            out.append("actsvd-removed")
         if "sil" in iv:
             out += [f"sil-masked-attack{sfx(c)}" for c in self._controls()]
             out += [f"sil-frozen-attack{sfx(c)}" for c in self._controls()]
@@ -181,6 +191,21 @@ class LocalizationExperiment(Experiment):
                 info[f"sweep-{size:g}"] = {"fraction": masks.mask_fraction(m)}
         if "sil" in r.interventions:
             info["_sil"] = self._sil_masks(ctx, found)
+        if "actsvd" in r.interventions:
+            from lab.attribution import actsvd
+            from safetensors.torch import save_file
+
+            cal = lambda recs: scores.build_balanced_calibration(self.tok, recs, batch_size=a.batch_size,
+                                                                 max_length=a.max_length)
+            rk = lambda x: int(x) if x >= 1 else x
+            vs = actsvd.actsvd_subspaces(self.aligned, cal(self.safety), rk(r.actsvd.safety_rank))
+            vu = actsvd.actsvd_subspaces(self.aligned, cal(self.utility or self._calibration("utility")),
+                                         rk(r.actsvd.utility_rank)) if r.actsvd.utility_rank else {}
+            tmp.mkdir(parents=True, exist_ok=True)
+            save_file({**{f"s::{k}": v.contiguous() for k, v in vs.items()}, **{f"u::{k}": v.contiguous() for k, v in vu.items()}},
+                      str(tmp / "actsvd.subspaces"))
+            info["_actsvd"] = {"safety_rank": r.actsvd.safety_rank, "utility_rank": r.actsvd.utility_rank,
+                               "matrices": len(vs)}
         tmp.mkdir(parents=True, exist_ok=True)
         for name, m in found.items():
             masks.save_mask(m, tmp / name, {**meta, "mask": name})
@@ -300,6 +325,17 @@ class LocalizationExperiment(Experiment):
             moved = sum(int((v != attacked[k]).sum()) for k, v in mdl.state_dict().items())
             check = 0 if moved <= n else moved
             desc = f"attack-full, then the {label} mask copied back from the aligned model"
+        elif name == "actsvd-removed":
+            from lab.attribution import actsvd
+            from safetensors.torch import load_file
+
+            sub = load_file(str(ctx.out_dir / "masks" / "actsvd.subspaces"))
+            vs = {k[3:]: v for k, v in sub.items() if k.startswith("s::")}
+            vu = {k[3:]: v for k, v in sub.items() if k.startswith("u::")} or None
+            mdl = copy.deepcopy(self.aligned)
+            actsvd.remove_subspace(mdl, vs, vu)
+            desc = (f"aligned with each linear layer's rank-{r.actsvd.safety_rank:g} safety output subspace removed"
+                    + (f" orthogonally to the rank-{r.actsvd.utility_rank:g} utility subspace" if vu else ""))
         elif name.startswith("sil-"):
             m = self.masks["random-sil" if label == "random" else f"sil-{r.sil.test_lang}"]
             mode = "only" if name.startswith("sil-masked") else "freeze"
@@ -326,7 +362,7 @@ class LocalizationExperiment(Experiment):
         return {"base_model": self.recipe.base_model, "models": models,
                 "states": {s: results[s]["description"] for s in models},
                 "masks": {k: v for k, v in info.items() if not k.startswith("_")}, "overlap": info.get("_overlap", []),
-                "sil": info.get("_sil"),
+                "sil": info.get("_sil"), "actsvd": info.get("_actsvd"),
                 "mask_checks": {"changed_outside_mask": {s: results[s]["mask_check"] for s in models
                                                          if results[s]["mask_check"] is not None}},
                 "transfer": transfer_matrix(models) if len(models) > 1 else None}
