@@ -307,7 +307,7 @@ class LocalizationExperiment(Experiment):
             if method == "full" and "restore" in r.interventions:
                 from safetensors.torch import save_file
 
-                save_file({k: v.contiguous() for k, v in mdl.state_dict().items()},
+                save_file({k: v.detach().clone().contiguous() for k, v in mdl.state_dict().items()},  # untie
                           str(ctx.out_dir / "finetunes" / name / "model.safetensors"))
             desc = f"{'full' if method == 'full' else 'LoRA'} fine-tuning on the attack set, unconstrained"
         elif name.startswith("frozen-attack-"):
