@@ -53,7 +53,8 @@ _PROMPT_STOP = frozenset(
 )
 
 
-def _info_indicators(text: str, prompt: str | None, res_info, low_head: str, dense: bool, chars: int = INFO_CHARS):
+def _info_indicators(text: str, prompt: str | None, res_info, low_head: str, dense: bool, chars: int = INFO_CHARS,
+                     light: bool = False):
     """Return (count, names) of signs that the response carries real information (in its first `chars`)."""
     t = text[:chars]
     names = []
@@ -76,11 +77,11 @@ def _info_indicators(text: str, prompt: str | None, res_info, low_head: str, den
         names.append("list")
     if not dense and _count(_PROPER, t, 2, 1500) >= 2:
         names.append("proper-nouns")
-    if res_info.found(low_head):
+    if not light and res_info.found(low_head):  # (light: the learned model's cheaper look)
         names.append("educational")
     if len(text) >= (80 if dense else 200):
         names.append("long")
-    if prompt and _overlap(prompt, low_head):
+    if prompt and not light and _overlap(prompt, low_head):
         names.append("prompt-overlap")
     return len(names), names
 
@@ -319,7 +320,7 @@ def detect_tiered(text: str, prompt: str | None, lang_hint: str | None, version:
         info_n, info_names = _info_indicators(s, prompt, comp.info, low, dense)
         feat_info = info_n
     elif feats is not None:  # for the learned model only (the rules did not need it): a shorter look
-        feat_info = _info_indicators(s, prompt, comp.info, low, dense, INFO_FEAT)[0]
+        feat_info = _info_indicators(s, prompt, comp.info, low, dense, INFO_FEAT, light=True)[0]
     if need_info:
         # a refusal phrase deep inside an information-rich answer is a caveat, not a refusal
         if hard_late and info_n >= 2:
