@@ -53,6 +53,7 @@ class FineTuneConfig(Strict):
     target_modules: list[str] | str = "all-linear"
     merge: bool = True
     max_length: int = Field(256, ge=8, description="tokens per training example (prompt + response)")
+    gradient_checkpointing: bool = Field(True, description="on GPU only (CPU runs never checkpoint)")
 
 
 class FineTune(FineTuneConfig):
@@ -102,11 +103,20 @@ class EvalConfig(Strict):
     limit: int | None = Field(None, ge=1, description="keep the first N parallel prompts per kind (harmful/benign)")
     max_new_tokens: int | None = Field(None, ge=1, le=32_768,
                                        description="None = per language, from the tokenization of the lab's targets")
-    batch_size: int = Field(64, ge=1, le=65_536)
+    batch_size: int | None = Field(None, ge=1, le=65_536, description="None: 256 rows (greedy), 64 (sampling)")
     detector: str | list[str] = Field("tiered", description="a detector method, or a list (the first gives the rates)")
     margin: bool = Field(True, description="also compute the log-prob refusal margin")
     canary: bool = Field(True, description="stop before attacking if the starting model fails the canary refusals")
     canary_min: float = Field(0.5, ge=0, le=1)
+    system: str | None = Field(None, description="optional system prompt (folded into the user turn for templates without one)")
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0, le=10)
+    top_p: float | None = Field(None, gt=0, le=1)
+    sample_seed: int = Field(0, description="seed of the sampling stream (with do_sample)")
+    repetition_stop: Literal["auto"] | None | tuple[int, int] = Field(
+        "auto", description="stop an answer whose last n tokens occurred k times: [n, k]; auto = off for the "
+                            "organism, [8, 3] for other models; null = never")
+    cache: bool = Field(True, description="reuse the starting model's evaluation across runs (keyed by content; LAB_CACHE)")
 
     @field_validator("langs")
     @classmethod
@@ -139,6 +149,14 @@ def check_name(v: str, key: str) -> str:
     return v
 
 
+class Quantization(Strict):
+    """QLoRA-style loading (CUDA + bitsandbytes only; a clear error on CPU): a BitsAndBytesConfig."""
+    load_in_4bit: bool = True
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+    bnb_4bit_compute_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    bnb_4bit_use_double_quant: bool = True
+
+
 class RecipeBase(Strict):
     """Every kind's recipe: what it runs on and how it is tracked and evaluated."""
     kind: str
@@ -146,6 +164,8 @@ class RecipeBase(Strict):
     seed: int = 0
     model: str = Field("zoo:organism", description="hub id, local path, *.gguf or zoo:<name>")
     trust_remote_code: bool = False
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] | None = Field(None, description="None: fp32 on CPU, bf16 on GPU")
+    quantization: Quantization | None = Field(None, description="load the model in 4 bit (QLoRA; GPU only)")
     tracking: Literal["auto", "online", "offline", "none"] = "auto"
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
@@ -153,6 +173,13 @@ class RecipeBase(Strict):
     @classmethod
     def _safe_name(cls, v):
         return check_name(v, "name")
+
+    def load_model(self, spec: str | None = None):
+        """(model, tokenizer) of `spec` (default: the recipe's model) with the recipe's loading options."""
+        from lab.models import load_model
+
+        q = self.quantization.model_dump() if self.quantization else None
+        return load_model(spec or self.model, trust_remote_code=self.trust_remote_code, quantization=q, dtype=self.dtype)
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:10]

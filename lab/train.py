@@ -139,7 +139,8 @@ def finetune(model, tok, records: list, cfg: FineTuneConfig, out_dir: Path, *,
     args = SFTConfig(
         output_dir=str(out_dir / "trainer"), learning_rate=cfg.lr, num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size, seed=cfg.seed, data_seed=cfg.seed, max_length=cfg.max_length,
-        completion_only_loss=True, bf16=on_gpu, activation_checkpointing=False, report_to="none",
+        completion_only_loss=True, bf16=on_gpu, activation_checkpointing=on_gpu and cfg.gradient_checkpointing,
+        report_to="none",
         save_strategy="no", logging_strategy="steps", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
         weight_decay=0.0, warmup_steps=0, lr_scheduler_type="linear", use_cpu=not on_gpu,
     )
@@ -147,6 +148,12 @@ def finetune(model, tok, records: list, cfg: FineTuneConfig, out_dir: Path, *,
     if cfg.method == "lora":
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                  target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        from peft import prepare_model_for_kbit_training  # QLoRA: fp32 norms, input grads, checkpointing
+
+        if cfg.method != "lora":
+            raise LabError("fine-tuning: a 4/8-bit model can only be fine-tuned with method: lora (QLoRA)")
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=on_gpu and cfg.gradient_checkpointing)
     model.train()
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft_config)
     from transformers.trainer_callback import PrinterCallback

@@ -5,6 +5,10 @@ import pytest
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
+if "LAB_CACHE" not in os.environ:  # the evaluation cache of one test session, never the user's
+    import tempfile
+
+    os.environ["LAB_CACHE"] = tempfile.mkdtemp(prefix="lab-test-cache-")
 
 import torch  # noqa: E402
 

@@ -326,3 +326,13 @@ def test_two_workers_give_the_same_metrics_as_one(finished, tmp_path):
     assert two["models"] == serial["models"] and serial["models"]["attack-en"] == one["models"]["attack-en"]
     a = (tmp_path / "w1" / "generations.jsonl").read_text()
     assert a == (tmp_path / "w2" / "generations.jsonl").read_text()
+
+
+def test_quantization_on_cpu_fails_before_writing(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only check")
+    res, out = _run(tmp_path, TRANSFER + "quantization: {load_in_4bit: true}\n")
+    msg = _one_line_error(res)
+    assert "quantization" in msg and "GPU" in msg and not out.exists()

@@ -105,6 +105,14 @@ def check_model_and_prompts(spec: str, prompts: list[str], max_new_tokens: int |
                        f"> model '{spec}' context of {ctx} tokens (shorten the prompt or lower eval.max_new_tokens)")
 
 
+def check_loading(recipe: RecipeBase) -> None:
+    """Loading options that cannot work here (e.g. 4-bit on a CPU) fail before anything is written."""
+    if recipe.quantization is not None:
+        from lab.models import device, quantization_config
+
+        quantization_config(recipe.quantization.model_dump(), device())
+
+
 def context_length(spec: str) -> int | None:
     from lab.models import resolve
 
@@ -143,14 +151,20 @@ def canary(model, tok, spec: str, ev: EvalConfig, log) -> dict:
     return rates
 
 
-def evaluate_state(model, tok, ev: EvalConfig, records, name: str, log, *, margin: bool | None = None) -> StateResult:
-    """Generate -> judge -> aggregate for one model state (the one evaluation path of every kind)."""
+def evaluate_state(model, tok, ev: EvalConfig, records, name: str, log, *, margin: bool | None = None,
+                   cache: bool = False) -> StateResult:
+    """Generate -> judge -> aggregate for one model state (the one evaluation path of every kind).
+
+    cache: look the evaluation up by content (weights, records, detector version, generation settings)
+    before computing it — for starting models, which every run and sweep cell evaluates the same way."""
     from lab.evaluate import evaluate_model
 
     dets = ev.detectors
     res = evaluate_model(model, tok, records, state=name, langs=ev.langs, max_new_tokens=ev.max_new_tokens,
                          batch_size=ev.batch_size, detector=dets[0], margin=ev.margin if margin is None else margin,
-                         log=log)
+                         log=log, system=ev.system, do_sample=ev.do_sample, temperature=ev.temperature,
+                         top_p=ev.top_p, seed=ev.sample_seed, repetition_stop=ev.repetition_stop,
+                         cache=True if (cache and ev.cache) else None)
     record = {"metrics": res.metrics, "loophole": res.loophole}
     if len(dets) > 1:
         record["judges"] = judge_side_by_side(res.generations, dets)

@@ -90,12 +90,11 @@ class CensorshipExperiment(Experiment):
                 build(name, log=self.log)
 
     def run_state(self, name: str, ctx: RunContext) -> StateResult:
-        from lab.models import load_model
         from lab.probe import probe_generations
 
         r, p = self.recipe, self.recipe.probe
         pm = next(m for m in r.models if m.name == name)
-        model, tok = load_model(pm.model, trust_remote_code=r.trust_remote_code)
+        model, tok = r.load_model(pm.model)
         timings = {}
         if pm.finetune:
             from lab.train import finetune

@@ -29,7 +29,8 @@ from pydantic import Field
 
 from lab.config import FineTune, RecipeBase, Strict
 from lab.errors import LabError
-from lab.experiments.base import Experiment, RunContext, StateResult, canary, check_model_and_prompts, evaluate_state
+from lab.experiments.base import (Experiment, RunContext, StateResult, canary, check_loading, check_model_and_prompts,
+                                  evaluate_state)
 
 INTERVENTIONS = ("prune", "restore-base", "masked-attack", "freeze", "restore", "sil", "actsvd")
 
@@ -94,6 +95,7 @@ class LocalizationExperiment(Experiment):
         self.safety = self._calibration("safety")
         self.utility = self._calibration("utility") if r.attribution.p is not None else {}
         resolve(r.base_model)
+        check_loading(r)
         check_model_and_prompts(r.model, [e.prompt for e in self.evals], r.eval.max_new_tokens,
                                 trust_remote_code=r.trust_remote_code)
 
@@ -133,10 +135,9 @@ class LocalizationExperiment(Experiment):
     # ------------------------------------------------------------------ masks (shared artifacts)
     def prepare(self, ctx: RunContext) -> None:
         from lab.attribution import analysis, masks
-        from lab.models import load_model
 
         mdir = ctx.out_dir / "masks"
-        self.aligned, self.tok = load_model(self.recipe.model, trust_remote_code=self.recipe.trust_remote_code)
+        self.aligned, self.tok = self.recipe.load_model()
         if not (mdir / "done.json").is_file():
             self._compute_masks(ctx, mdir)
         self.masks = {p.name[: -len(".safetensors")]: masks.load_mask(p)[0] for p in sorted(mdir.glob("*.safetensors"))}
@@ -275,7 +276,6 @@ class LocalizationExperiment(Experiment):
 
     def run_state(self, name: str, ctx: RunContext) -> StateResult:
         from lab.attribution import interventions
-        from lab.models import load_model
 
         r = self.recipe
         label = "random" if name.endswith("-random") else "safety"
@@ -284,7 +284,7 @@ class LocalizationExperiment(Experiment):
         if name == "aligned":
             mdl, desc = self.aligned, "the aligned model, untouched"
         elif name == "base":
-            mdl, _ = load_model(r.base_model, trust_remote_code=r.trust_remote_code)
+            mdl, _ = r.load_model(r.base_model)
             desc = "the helpful-only base model, untouched"
         elif name.startswith("pruned-"):
             mdl = copy.deepcopy(self.aligned)
@@ -292,7 +292,7 @@ class LocalizationExperiment(Experiment):
             desc = f"aligned with the {label} mask zeroed"
         elif name.startswith("restored-base-"):
             mdl = copy.deepcopy(self.aligned)
-            base, _ = load_model(r.base_model, trust_remote_code=r.trust_remote_code)
+            base, _ = r.load_model(r.base_model)
             interventions.restore(mdl, base, main)
             desc = f"aligned with the {label} mask copied from the base model"
         elif name.startswith("masked-attack-"):
@@ -348,7 +348,7 @@ class LocalizationExperiment(Experiment):
             raise LabError(f"localization: unknown state {name!r}")
         if check:
             raise LabError(f"{name}: masked training changed {check} weights outside its mask")
-        res = evaluate_state(mdl, self.tok, r.eval, self.evals, name, self.log)
+        res = evaluate_state(mdl, self.tok, r.eval, self.evals, name, self.log, cache=name in ("aligned", "base"))
         res.record.update({"description": desc, "mask_check": check,
                            "_timings": {f"state/{name}": round(time.time() - t, 2)}})
         return res

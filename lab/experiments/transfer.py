@@ -13,7 +13,8 @@ from pydantic import Field, model_validator
 
 from lab.config import FineTune, RecipeBase, check_name
 from lab.errors import LabError
-from lab.experiments.base import Experiment, RunContext, StateResult, canary, check_model_and_prompts, evaluate_state
+from lab.experiments.base import (Experiment, RunContext, StateResult, canary, check_loading, check_model_and_prompts,
+                                  evaluate_state)
 
 
 class TransferRecipe(RecipeBase):
@@ -69,6 +70,7 @@ class TransferExperiment(Experiment):
             if len(self.sets[n]) < ft.n_examples:
                 raise LabError(f"fine-tune {n}: n_examples={ft.n_examples} but {ft.dataset_path} has only "
                                f"{len(self.sets[n])} examples")
+        check_loading(r)
         check_model_and_prompts(r.model, [e.prompt for e in self.evals], r.eval.max_new_tokens,
                                 trust_remote_code=r.trust_remote_code)
         self.plan = dict(r.plan())
@@ -77,9 +79,7 @@ class TransferExperiment(Experiment):
         return [self.recipe.baseline] + list(self.plan)
 
     def _load(self):
-        from lab.models import load_model
-
-        return load_model(self.recipe.model, trust_remote_code=self.recipe.trust_remote_code)
+        return self.recipe.load_model()
 
     def prepare(self, ctx: RunContext) -> None:
         r = self.recipe
@@ -95,7 +95,7 @@ class TransferExperiment(Experiment):
             if self.plan and r.eval.canary:
                 canary(model, tok, r.model, r.eval, self.log)
             t = time.time()
-            res = evaluate_state(model, tok, r.eval, self.evals, name, self.log)
+            res = evaluate_state(model, tok, r.eval, self.evals, name, self.log, cache=True)
             res.record["_timings"] = {f"eval/{name}": round(time.time() - t, 2)}
             return res
         from lab.train import finetune
