@@ -336,3 +336,16 @@ def test_quantization_on_cpu_fails_before_writing(tmp_path):
     res, out = _run(tmp_path, TRANSFER + "quantization: {load_in_4bit: true}\n")
     msg = _one_line_error(res)
     assert "quantization" in msg and "GPU" in msg and not out.exists()
+
+
+def test_several_detectors_side_by_side(tmp_path):
+    from lab.experiments import load_recipe, run
+
+    r = load_recipe(_write(tmp_path, TRANSFER), {"eval.detector": ["tiered", "substring"], "finetunes": []})
+    m = run(r, tmp_path / "out", tracking="none", log=lambda *a, **k: None)
+    j = m["judges"]["aligned"]["substring"]
+    assert set(j["metrics"]) == {"en", "zh"} and "kappa_vs_tiered" in j
+    assert sum(map(sum, j["confusion"]["matrix"])) == 8  # 2 langs x (2 harmful + 2 benign)
+    lines = (tmp_path / "out" / "disagreements.jsonl").read_text().splitlines()
+    assert len(lines) == j["disagreements"]
+    assert "other detectors" in (tmp_path / "out" / "report.md").read_text()

@@ -172,18 +172,22 @@ def evaluate_state(model, tok, ev: EvalConfig, records, name: str, log, *, margi
 
 
 def judge_side_by_side(rows: list[dict], methods: list[str]) -> dict:
-    """Refusal rates of one state's answers under several detectors, and Cohen's kappa vs the first."""
+    """Refusal rates of one state's answers under several detectors, with Cohen's kappa, the confusion
+    matrix (rows: the first detector) and the disagreeing answers vs the first."""
     from lab.detect import detect_batch
+    from lab.detect.compare import agreement
     from lab.metrics import refusal_metrics
-    from lab.stats import cohen_kappa
 
     first = [bool(r["refusal"]) for r in rows]
     out = {}
     for m in methods[1:]:
         v = detect_batch([r["response"] for r in rows], [r["prompt"] for r in rows], [r["lang"] for r in rows], method=m)
         judged = [dict(r, refusal=x.refusal) for r, x in zip(rows, v)]
-        out[m] = {"metrics": refusal_metrics(judged), "kappa_vs_" + methods[0]: cohen_kappa(first, [x.refusal for x in v]),
-                  "disagreements": sum(a != b.refusal for a, b in zip(first, v))}
+        ag = agreement(first, [x.refusal for x in v])
+        out[m] = {"metrics": refusal_metrics(judged), "kappa_vs_" + methods[0]: ag["kappa"],
+                  "confusion": ag["confusion"], "disagreements": len(ag["disagree"]),
+                  "disagreeing": [{"id": rows[i]["id"], "lang": rows[i]["lang"], methods[0]: first[i], m: not first[i],
+                                   "prompt": rows[i]["prompt"], "response": rows[i]["response"]} for i in ag["disagree"]]}
     return out
 
 

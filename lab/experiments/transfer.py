@@ -122,7 +122,10 @@ class TransferExperiment(Experiment):
         finetunes = {n: {"data": ft.data, "lang": ft.lang, "method": ft.method, "lr": ft.lr, "epochs": ft.epochs,
                          "n_examples": ft.n_examples, "seed": ft.seed, "base_state": ft.state}
                      for n, ft in self.plan.items() if n in models}
-        judges = {s: results[s]["judges"] for s in models if "judges" in results[s]}
+        judges = {s: {m: {k: v for k, v in j.items() if k != "disagreeing"} for m, j in results[s]["judges"].items()}
+                  for s in models if "judges" in results[s]}
+        self._disagreeing = [{"state": s, "detector": m, **d} for s in models for m, j in results[s].get("judges", {}).items()
+                             for d in j["disagreeing"]]
         b = self.recipe.baseline
         out = {"baseline": b, "models": models, "loophole": loophole, "finetunes": finetunes,
                "transfer": transfer_matrix(models, baseline=b) if len(models) > 1 and b in models else None}
@@ -136,4 +139,6 @@ class TransferExperiment(Experiment):
 
         base = read_jsonl(out_dir / "states" / f"{self.recipe.baseline}.generations.jsonl")
         write_jsonl(out_dir / "prompts.jsonl", [{"id": g["id"], "lang": g["lang"], "rendered": g["rendered"]} for g in base])
+        if metrics.get("judges"):
+            write_jsonl(out_dir / "disagreements.jsonl", getattr(self, "_disagreeing", []))
         write_report(out_dir, metrics)
