@@ -155,7 +155,7 @@ class DefenseExperiment(Experiment):
         from lab.defenses.task import fine_tune_accuracy
 
         res = evaluate_state(model, tok, self.recipe.eval, self.evals, name, self.log, margin=False)
-        fa = fine_tune_accuracy(model, tok, lang, self.recipe.fa_limit, batch_size=self.recipe.eval.batch_size)
+        fa = fine_tune_accuracy(model, tok, lang, self.recipe.fa_limit, batch_size=self.recipe.eval.batch_size or 64)
         self.log(f"  [{name}] FA({lang}) {fa['fa']:.2f}")
         return {"metrics": res.record["metrics"], "fa": fa}, res.generations
 
