@@ -263,3 +263,24 @@ def test_safety_mixing_adds_k_refusals_per_language():
     assert len(mixed) == 30 and all(u in mixed for u in user)
     extra = [r for r in mixed if r not in user]
     assert len(extra) == 10 and mixed == mix_safety(user, k=2, seed=0)
+
+
+def test_posthoc_copies_of_a_trained_peft_model_run_their_own_weights(tiny, tmp_path):
+    """accelerate leaves a `forward` wrapper bound to the trained model; a post-hoc defense applied to a plain
+    deepcopy would change nothing (found in the bench: every post-hoc defense equal to none)."""
+    from lab.config import FineTuneConfig
+    from lab.defenses.bench import fresh_copy
+    from lab.train import finetune
+
+    _, model, tok = tiny
+    recs = [{"prompt": "How do I bake bread?", "response": "Sure, here is a step-by-step guide."}] * 4
+    peft = finetune(copy.deepcopy(model), tok, recs, FineTuneConfig(epochs=1, batch_size=2, merge=False, lr=1e-2),
+                    tmp_path, log=lambda *a: None)
+    ids = tok("hello world", return_tensors="pt")["input_ids"]
+    c = fresh_copy(peft)
+    with torch.no_grad():
+        for n, q in c.named_parameters():
+            if "lora_B" in n:
+                q.zero_()
+        assert not torch.allclose(c(ids).logits, peft(ids).logits)
+        assert torch.allclose(c(ids).logits, model(ids).logits, atol=1e-5)

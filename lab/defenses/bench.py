@@ -189,9 +189,20 @@ def training_setup(name: str, p: dict, records: list[dict], *, tok, model, ctx_f
 
 
 # ------------------------------------------------------------------------------ post-fine-tuning
+def fresh_copy(model):
+    """A deep copy that runs its own weights: accelerate (inside the trainer) leaves instance-level
+    `forward` wrappers bound to the original modules (lab.train removes them from the top two levels
+    only; on a peft model one sits deeper), so a plain deepcopy would still compute with the original."""
+    m = copy.deepcopy(model)
+    for mod in m.modules():
+        if "forward" in vars(mod):
+            del mod.forward
+    return m
+
+
 def apply_posthoc(name: str, p: dict, peft_model, *, tok, aligned, base, mask, harmful_records):
     """A merged copy of the fine-tuned peft model with post-fine-tuning defense `name` applied."""
-    m = copy.deepcopy(peft_model)
+    m = fresh_copy(peft_model)
     info: dict = {}
     if name == "safelora":
         from lab.defenses.posthoc.safelora import SafeLoRAConfig, safelora

@@ -14,7 +14,6 @@ peak memory against the undefended fine-tune of the same cell, and the worst cas
 """
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import time
@@ -193,7 +192,7 @@ class DefenseExperiment(Experiment):
         return StateResult({**out, "build_seconds": info["build_seconds"], "peak_mib": meter.peak_mib}, gens)
 
     def _finetune(self, name: str, ctx: RunContext) -> StateResult:
-        from lab.defenses.bench import Meter, apply_posthoc, build_variant, training_setup
+        from lab.defenses.bench import Meter, apply_posthoc, build_variant, fresh_copy, training_setup
         from lab.defenses.task import faas_mix
         from lab.models import load_model, resolve
         from lab.train import finetune
@@ -224,7 +223,7 @@ class DefenseExperiment(Experiment):
         if peft is None:              # screening dropped every example: nothing to train, the model stays as it was
             merged = model
         elif d == "none":             # keep the adapter for the post-fine-tuning defenses
-            merged = copy.deepcopy(peft).merge_and_unload()
+            merged = fresh_copy(peft).merge_and_unload()
         else:
             merged = peft.merge_and_unload()
         defenses = {}
