@@ -351,14 +351,16 @@ def dump_recipe(r: BaseModel) -> str:
     return yaml.safe_dump(r.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
-def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two resolved configs."""
-    keys = []
-    for k in sorted(set(a) | set(b)):
-        p = f"{prefix}{k}"
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            keys += config_diff(va, vb, p + ".")
-        elif va != vb:
-            keys.append(p)
-    return keys
+def config_diff(a, b, prefix: str = "") -> list[str]:
+    """Dotted keys (list indices included) whose values differ between two resolved configs."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = []
+        for k in sorted(set(a) | set(b)):
+            keys += config_diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return keys
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        keys = []
+        for i, (x, y) in enumerate(zip(a, b)):
+            keys += config_diff(x, y, f"{prefix}{i}.")
+        return keys
+    return [] if a == b else [prefix.rstrip(".")]
