@@ -95,9 +95,10 @@ def check_diverged(losses: list[float], model, cfg, before: float | None = None,
     """After training: non-finite weights, or a loss far above where it started, mean the run diverged.
 
     `before`/`after`: the loss on the first training examples before and after training. A fine-tune
-    that leaves its own data's loss above 1.5x where it started (or whose step losses end above 1.5x
-    their first steps) made the model worse at its own data: its answers are degenerate (e.g. full
-    fine-tuning at lr=10 answers "nnnn..."), not an attack result.
+    that leaves its own data's loss above 1.5x where it started made the model worse at its own data:
+    its answers are degenerate (e.g. full fine-tuning at lr=10 answers "nnnn..."), not an attack
+    result. (Step losses are not compared: a schedule that alternates data, like Lisa's, rises and
+    falls by design; a non-finite step loss stops training at once, see _DivergenceGuard.)
     """
     for n, p in model.named_parameters():
         if not torch.isfinite(p).all():
@@ -106,12 +107,6 @@ def check_diverged(losses: list[float], model, cfg, before: float | None = None,
     if before is not None and after is not None and (not math.isfinite(after) or after > 1.5 * before):
         raise Diverged(f"fine-tuning diverged: the loss on its own training examples went from {before:.3g} to "
                        f"{after:.3g} (lr={cfg.lr}, method={cfg.method}); lower the learning rate. No result was recorded.")
-    if len(losses) >= 4:
-        k = max(1, len(losses) // 10)
-        first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
-        if last > 1.5 * first:
-            raise Diverged(f"fine-tuning diverged: training loss rose from {first:.3g} to {last:.3g} "
-                           f"(lr={cfg.lr}, method={cfg.method}); lower the learning rate. No result was recorded.")
 
 
 def finetune(model, tok, records: list, cfg: FineTuneConfig, out_dir: Path, *,
@@ -180,8 +175,8 @@ def finetune(model, tok, records: list, cfg: FineTuneConfig, out_dir: Path, *,
             model = model.merge_and_unload()
     # accelerate leaves an instance-level `forward` wrapper bound to the pre-training object; drop it so
     # copies of the returned model (copy.deepcopy) run their own weights
-    for m in (model, getattr(model, "base_model", None)):
-        if m is not None and "forward" in vars(m):
+    for m in model.modules():  # (on a peft model the wrapper sits below the top two levels)
+        if "forward" in vars(m):
             del m.forward
     for p in model.parameters():
         p.requires_grad_(True)
