@@ -3,6 +3,9 @@
 Source files in `datasets/` are hand-written and parallel across languages (see README, "Datasets").
 `build_splits()` composes them deterministically into `datasets/splits/*.jsonl`; `lab data build`
 rewrites the splits and a test checks the committed splits equal a fresh build.
+
+Over 400 lines on purpose (for now): the schemas, the reader and the split builder change together
+whenever a dataset field changes; the split builder is the candidate to move out (lab/datasets_build.py).
 """
 from __future__ import annotations
 

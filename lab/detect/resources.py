@@ -1,5 +1,8 @@
 """Language resources: one YAML file per language in eval/detector/, loaded once and compiled.
 
+Over 400 lines on purpose: schema validation, the regex compiler and the Aho-Corasick prefilter share
+one scanner of the pattern syntax (_outside_classes) and must change together with the YAML format.
+
 Each file (``eval/detector/<code>.yaml``) holds::
 
     lang: en                 # language code reported in verdicts (defaults to the file stem)
