@@ -64,10 +64,22 @@ def heatmap(rows: list[str], cols: list[str], points: list[list[float | None]], 
     fig.colorbar(im, ax=ax, label=label)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + f".tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path, **kw) -> None:
+    """Write a matplotlib figure as PNG through a per-process temp file + rename (readers never see half
+    a file), then close it. The one figure writer of every report."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        fig.savefig(tmp, dpi=110, format="png", **kw)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
 
 
 def plot_transfer(metrics: dict, path: Path) -> None:

@@ -17,6 +17,7 @@ import torch
 from lab.attribution.masks import Mask, _top_k_exact
 from lab.attribution.scores import layer_index, module_kind
 from lab.errors import LabError
+from lab.report import save_figure
 
 
 def _check_same(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> None:
@@ -142,6 +143,5 @@ def heatmap(mask: Mask, path: str | Path, title: str = "mask density") -> Path:
                         color="white" if v < data[data == data].max() * 0.6 else "black")
     fig.colorbar(im, ax=ax, label="fraction of weights in mask")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

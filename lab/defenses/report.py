@@ -2,11 +2,11 @@
 (harmful refusal vs fine-tune accuracy) and the per-language view, from the states' records."""
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from pathlib import Path
 
 from lab.defenses import STAGES
+from lab.report import save_figure
 from lab.stats import t_interval
 
 
@@ -124,10 +124,7 @@ def pareto_plot(metrics: dict, path: Path) -> None:
         ax.set_xlim(-5, 105)
         ax.set_ylim(-5, 105)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + f".tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def per_language_plot(metrics: dict, path: Path) -> None:
@@ -152,10 +149,7 @@ def per_language_plot(metrics: dict, path: Path) -> None:
                 ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7)
         ax.set_title(f"harmful attack in {lang}: harmful refusal % by eval language")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
-    tmp = path.with_name(path.stem + f".tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, bbox_inches="tight")
 
 
 def write_report(out_dir: Path, metrics: dict) -> None:

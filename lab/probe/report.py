@@ -1,13 +1,13 @@
 """The probe's report: seed 001's summary block, markdown tables, the by-category figure, outputs."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 
 from lab.data import atomic_write_text, write_json, write_jsonl
 from lab.probe.judging import aggregate
 from lab.probe.questions import CATEGORIES
+from lab.report import save_figure
 
 # --------------------------------------------------------------------------------------------------
 # presentation
@@ -110,10 +110,7 @@ def plot(metrics: dict, path: Path) -> None:
         ax.set_xticklabels(cats, rotation=30, ha="right", fontsize=7)
         ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    tmp = Path(path).with_name(f"{Path(path).name}.tmp{os.getpid()}")
-    fig.savefig(tmp, dpi=110, format="png")
-    os.replace(tmp, path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_outputs(out_dir: Path, records: list[dict], config: dict, extra: dict | None = None) -> dict:
