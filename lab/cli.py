@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -31,7 +32,7 @@ def lab_errors(fn):
             _err(str(e))
             raise typer.Exit(2)
         except KeyboardInterrupt:
-            _err("interrupted — rerun the same command to resume (finished model states are kept)")
+            _err(INTERRUPTED)
             raise typer.Exit(130)
         if isinstance(rc, int) and rc:
             raise typer.Exit(rc)
@@ -257,8 +258,17 @@ def data_build(seed: int = typer.Option(0, "--seed")):
         print(f"{k}\t{v}")
 
 
-def main() -> None:  # python -m lab
-    app()
+INTERRUPTED = "interrupted — rerun the same command to resume (finished model states are kept)"
+
+
+def main() -> None:  # `lab` and `python -m lab`
+    """The entry point: a Ctrl-C that lands outside a command (imports, option parsing, interpreter
+    start-up of a command) gets the same one line and exit code 130 as one inside it."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        _err(INTERRUPTED)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
