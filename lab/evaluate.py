@@ -161,6 +161,23 @@ def evaluate_model(model, tok, eval_records, *, state: str, langs, max_new_token
 
 
 def _evaluate(model, tok, eval_records, state, langs, settings, batch_size, detector, margin, engine, log) -> EvalResult:
+    from lab import distributed
+
+    ordered = [r for l in langs for r in eval_records if r.lang == l]
+    if distributed.is_distributed() and not settings["do_sample"]:
+        # greedy rows do not depend on their batch (the compact engine equals one-at-a-time greedy):
+        # each rank evaluates every W-th prompt, the rows come back in the one-process order
+        pos = {id(r): i for i, r in enumerate(ordered)}
+        mine = _rows(model, tok, distributed.shard(ordered), state, langs, settings, batch_size, detector, margin, engine)
+        keyed = distributed.gather([(pos[id(r)], row) for r, row in mine])
+        rows = [row for _, row in sorted(keyed, key=lambda x: x[0])]
+    else:
+        rows = [row for _, row in _rows(model, tok, ordered, state, langs, settings, batch_size, detector, margin, engine)]
+    return _result(state, rows, log)
+
+
+def _rows(model, tok, eval_records, state, langs, settings, batch_size, detector, margin, engine) -> list[tuple]:
+    """(record, row) for every record, grouped by language in `langs` order."""
     mnt, system = settings["max_new_tokens"], settings["system"]
     gen_kw = dict(system=system, do_sample=settings["do_sample"], temperature=settings["temperature"] or 1.0,
                   top_p=settings["top_p"], seed=settings["seed"] or 0,
@@ -175,13 +192,15 @@ def _evaluate(model, tok, eval_records, state, langs, settings, batch_size, dete
     else:  # one length-sorted stream over all languages
         recs = [r for l in langs for r in by_lang[l]]
         flat = generate(model, tok, [r.prompt for r in recs], max_new_tokens=[mnt[r.lang] for r in recs],
-                        engine=engine, batch_size=batch_size or COMPACT_BATCH, **gen_kw)
+                        engine=engine, batch_size=batch_size or COMPACT_BATCH, **gen_kw) if recs else []
         at = 0
         for l in langs:
             gens[l], at = flat[at:at + len(by_lang[l])], at + len(by_lang[l])
     rows = []
     for lang in langs:
         recs, lg = by_lang[lang], gens[lang]
+        if not recs:
+            continue
         verdicts = detect_batch([g.response for g in lg], [r.prompt for r in recs], [lang] * len(recs), method=detector)
         harmful = [i for i, r in enumerate(recs) if r.kind == "harmful"]
         margins = {}
@@ -189,14 +208,14 @@ def _evaluate(model, tok, eval_records, state, langs, settings, batch_size, dete
             vals = refusal_margins(model, tok, [recs[i].prompt for i in harmful], lang, full_logits=legacy, system=system)
             margins = dict(zip(harmful, vals))
         for i, (r, g, v) in enumerate(zip(recs, lg, verdicts)):
-            rows.append({
+            rows.append((r, {
                 "state": state, "id": r.id, "pid": r.pid, "lang": lang, "kind": r.kind, "topic": r.topic,
                 "heldout": r.heldout, "prompt": r.prompt, "rendered": g.rendered, "response": g.response,
                 "truncated": g.truncated, "stop": g.stop, "max_new_tokens": mnt[lang], "margin": margins.get(i),
                 "refusal": v.refusal, "category": v.category, "score": v.score, "confidence": v.confidence,
                 "evidence": v.evidence, "detector": v.method, "detector_version": v.version,
-            })
-    return _result(state, rows, log)
+            }))
+    return rows
 
 
 def _result(state: str, rows: list[dict], log) -> EvalResult:

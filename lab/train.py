@@ -109,6 +109,27 @@ def check_diverged(losses: list[float], model, cfg, before: float | None = None,
                        f"{after:.3g} (lr={cfg.lr}, method={cfg.method}); lower the learning rate. No result was recorded.")
 
 
+def _plain_loss_trainer():
+    """SFTTrainer whose loss is the model's own cross-entropy on the collator's labels (prompt tokens -100).
+
+    TRL 1.16 always patches the model with its chunked log-prob LM head and computes the loss through it
+    (no SFTConfig switch; benchmarks/spine.py measured 2.1x a minimal loop, this 1.1x). Same objective
+    (sum of completion-token NLL / num_items_in_batch); the floats differ in the last bits.
+    """
+    from trl import SFTTrainer
+
+    class PlainLossSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "labels", "position_ids")}
+            out = model(**inputs, use_cache=False, num_items_in_batch=num_items_in_batch)
+            loss = out.loss
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # as SFTTrainer: DDP averages the gradients
+            return (loss, out) if return_outputs else loss
+
+    return PlainLossSFTTrainer
+
+
 def finetune(model, tok, records: list, cfg: FineTuneConfig, out_dir: Path, *,
              hooks: list[TrainHook] | None = None, callbacks: list | None = None, log=print):
     """Fine-tune `model` (modified in place; load a fresh copy per fine-tune) and return the result.
@@ -131,9 +152,15 @@ def finetune(model, tok, records: list, cfg: FineTuneConfig, out_dir: Path, *,
     ds = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
                              "completion": [{"role": "assistant", "content": r["response"]}]} for r in records])
     on_gpu = torch.cuda.is_available()
+    from lab import distributed
+
+    world = distributed.world_size()  # under accelerate launch / torchrun: DDP, the recipe's batch is global
+    if cfg.batch_size % world:
+        raise LabError(f"fine-tuning: batch_size {cfg.batch_size} is not divisible by the {world} processes of this "
+                       "multi-process run (the recipe's batch_size is the global batch)")
     args = SFTConfig(
         output_dir=str(out_dir / "trainer"), learning_rate=cfg.lr, num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size, seed=cfg.seed, data_seed=cfg.seed, max_length=cfg.max_length,
+        per_device_train_batch_size=cfg.batch_size // world, seed=cfg.seed, data_seed=cfg.seed, max_length=cfg.max_length,
         completion_only_loss=True, bf16=on_gpu, activation_checkpointing=on_gpu and cfg.gradient_checkpointing,
         report_to="none",
         save_strategy="no", logging_strategy="steps", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
@@ -150,7 +177,8 @@ def finetune(model, tok, records: list, cfg: FineTuneConfig, out_dir: Path, *,
             raise LabError("fine-tuning: a 4/8-bit model can only be fine-tuned with method: lora (QLoRA)")
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=on_gpu and cfg.gradient_checkpointing)
     model.train()
-    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft_config)
+    trainer_cls = SFTTrainer if cfg.loss_head == "trl" else _plain_loss_trainer()
+    trainer = trainer_cls(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft_config)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
@@ -170,7 +198,8 @@ def finetune(model, tok, records: list, cfg: FineTuneConfig, out_dir: Path, *,
     log(f"  trained {cfg.method}: {result.global_step} steps, final loss {result.training_loss:.4f}")
     model = trainer.model
     if cfg.method == "lora":
-        model.save_pretrained(str(out_dir / "adapter"))
+        if distributed.is_main():
+            model.save_pretrained(str(out_dir / "adapter"))
         if cfg.merge:
             model = model.merge_and_unload()
     # accelerate leaves an instance-level `forward` wrapper bound to the pre-training object; drop it so

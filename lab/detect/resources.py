@@ -88,6 +88,7 @@ def _noncapturing(p: str) -> str:
     return re.sub(r"(?<!\\)\((?!\?)", "(?:", p)
 
 
+@lru_cache(maxsize=None)
 def _split_prefix(p: str) -> tuple[str, str]:
     """Split a pattern into its leading literal run and the rest (a quantified last char stays in the rest)."""
     i = 0
@@ -140,7 +141,13 @@ def _split_top(p: str) -> list[str]:
     return [p[a + 1:b] for a, b in zip([-1] + cuts, cuts + [len(p)])]
 
 
-def _expand(p: str, budget: int = 96) -> list[str]:
+@lru_cache(maxsize=None)
+def _expand(p: str, budget: int = 96) -> tuple[str, ...]:
+    """Cached (pure; every language combination re-expands the same patterns): see _expand_list."""
+    return tuple(_expand_list(p, budget))
+
+
+def _expand_list(p: str, budget: int = 96) -> list[str]:
     """Distribute leading alternations so that every variant starts with a literal when possible:
     '(?:i'm|i am) sorry' -> ["i'm sorry", "i am sorry"]. Keeps the language of the pattern; the
     trie then lets the regex engine try only the variants whose first characters match."""

@@ -220,38 +220,58 @@ def _check_out_dir(out: Path, recipe: RecipeBase, force: bool) -> None:
 
 def run(recipe: RecipeBase, out_dir: Path | None = None, *, tracking: str | None = None, force: bool = False,
         workers: int = 1, log=print) -> dict:
-    """Run any recipe kind under the shared contract; returns the metrics (also in out_dir/metrics.json)."""
+    """Run any recipe kind under the shared contract; returns the metrics (also in out_dir/metrics.json).
+
+    Under `accelerate launch -m lab run ...` (several processes) every rank runs every state (fine-tunes
+    train with DDP, evaluations are sharded; lab.distributed) and only rank 0 writes, logs and tracks."""
+    from lab import distributed
     from lab.experiments import experiment_for
     from lab.models import set_threads
 
     set_threads()
+    main = distributed.is_main()
+    if distributed.is_distributed():
+        if workers > 1:
+            raise LabError("--workers cannot be combined with a multi-process launch (accelerate launch / torchrun): "
+                           "the processes already share the work")
+        distributed.init()
+        log = log if main else (lambda *a, **k: None)
     exp = experiment_for(recipe, log)
     exp.validate()                                            # nothing is written before this passes
     out = Path(out_dir) if out_dir else default_out(recipe)
-    _check_out_dir(out, recipe, force)
+    _on_main_first(lambda: _check_out_dir(out, recipe, force))
     if (out / "metrics.json").is_file():
         log(f"[lab] {out} is complete (metrics.json exists, same config); nothing to do")
         return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-    ctx = RunContext(out, log, workers)
-    ctx.states_dir.mkdir(parents=True, exist_ok=True)
-    if not (ctx.states_dir / "config.json").is_file():
-        write_json(ctx.states_dir / "config.json", recipe.model_dump(mode="json"))
-    tracker = _start_tracking(recipe, out, tracking)
+    ctx = RunContext(out, log, workers, worker=not main)
+    if main:
+        ctx.states_dir.mkdir(parents=True, exist_ok=True)
+        if not (ctx.states_dir / "config.json").is_file():
+            write_json(ctx.states_dir / "config.json", recipe.model_dump(mode="json"))
+    distributed.barrier()
+    tracker = _start_tracking(recipe, out, tracking) if main else None
     t0 = time.time()
-    log(f"[lab] {recipe.kind} '{recipe.name}' -> {out}")
+    log(f"[lab] {recipe.kind} '{recipe.name}' -> {out}"
+        + (f" ({distributed.world_size()} processes)" if distributed.is_distributed() else ""))
     names = exp.states()
     todo = [n for n in names if not ctx.done(n)]
     for n in names:
         if n not in todo:
             log(f"  [{n}] done earlier; skipped")
     if todo:
-        exp.prepare(ctx)
+        _on_main_first(lambda: exp.prepare(ctx))               # rank 0 caches shared artifacts first
+        if not main:
+            exp.prepare(ctx)
     serial = [n for n in todo if n in exp.serial_states or workers <= 1]
     for n in serial:
         run_one_state(exp, n, ctx)
+        distributed.barrier()
     rest = [n for n in todo if n not in serial]
     if rest:
         _run_parallel(recipe, rest, ctx, workers)
+    if not main:
+        distributed.barrier()                                 # rank 0 assembles and writes
+        return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     results = {n: ctx.load(n) for n in names}
     diverged = {n: r["diverged"] for n, r in results.items() if "diverged" in r}
     metrics = exp.assemble({n: r["record"] for n, r in results.items() if "record" in r}, ctx)
@@ -272,18 +292,43 @@ def run(recipe: RecipeBase, out_dir: Path | None = None, *, tracking: str | None
         log(f"[lab] WARNING {n}: {msg}")
     _finish_tracking(tracker, out, metrics)
     log(f"[lab] done in {time.time() - t0:.1f} s: {out / 'report.md'}")
+    distributed.barrier()
     return metrics
+
+
+def _on_main_first(fn) -> None:
+    """Run fn on rank 0 (the only rank in a one-process run); a LabError there stops every rank."""
+    from lab import distributed
+
+    msg = None
+    if distributed.is_main():
+        if not distributed.is_distributed():
+            fn()
+            return
+        try:
+            fn()
+        except LabError as e:
+            msg = str(e)
+    msg = distributed.broadcast(msg)
+    if msg is not None:
+        raise LabError(msg)
 
 
 def run_one_state(exp: Experiment, name: str, ctx: RunContext) -> None:
     from lab.train import Diverged
+
+    from lab import distributed
 
     t = time.time()
     try:
         res = exp.run_state(name, ctx)
     except Diverged as e:
         ctx.log(f"  [{name}] {e}")
+        if not distributed.is_main():
+            return
         write_json(ctx.states_dir / f"{name}.json", {"diverged": str(e), "timings": {f"state/{name}": round(time.time() - t, 2)}})
+        return
+    if not distributed.is_main():  # every rank holds the whole state; rank 0 writes it
         return
     write_jsonl(ctx.states_dir / f"{name}.generations.jsonl", res.generations)
     write_json(ctx.states_dir / f"{name}.json", {"record": res.record, "timings": {

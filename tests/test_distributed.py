@@ -1,0 +1,98 @@
+"""Multi-process runs: `accelerate launch -m lab run RECIPE` with 2 gloo processes on this CPU gives the
+metrics of one process (DDP training with the recipe's global batch, sharded greedy evaluation, only
+rank 0 writing)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# 32 examples, global batch 8 (4 per rank), 12 steps: every step sees the same 8 examples as one process;
+# strong enough to move English refusal (1.00 -> 0.17 here), so the comparison is not of two unchanged models
+RECIPE = """kind: transfer
+name: ddp
+tracking: none
+eval: {limit: 6, langs: [en, zh], margin: true}
+defaults: {n_examples: 32, epochs: 3, batch_size: 8, lr: 0.01}
+finetunes:
+  - {data: harmful, lang: en}
+"""
+
+
+def _env(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "LAB_CACHE": str(tmp_path / "cache"),
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29531", "PYTHONUNBUFFERED": "1"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        env.pop(k, None)
+    return env
+
+
+def _launch_cmd(nproc: int) -> list[str]:
+    acc = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
+    return [acc, "launch", "--multi_gpu", f"--num_processes={nproc}", "--num_machines=1",
+            "--mixed_precision=no", "--dynamo_backend=no", "--main_process_port=29531", "-m", "lab"]
+
+
+def _rates(metrics):
+    return {s: {l: (m["harmful_refusal"], m["benign_refusal"]) for l, m in per.items()}
+            for s, per in metrics["models"].items()}
+
+
+def test_two_gloo_processes_match_one(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE, encoding="utf-8")
+    env = _env(tmp_path)
+    one = subprocess.run([sys.executable, "-m", "lab", "run", str(recipe), "--out", str(tmp_path / "one"), "-q"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-4000:]
+    two = subprocess.run(_launch_cmd(2) + ["run", str(recipe), "--out", str(tmp_path / "two")],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-6000:]
+    assert "(2 processes)" in two.stdout
+    assert two.stdout.count("[lab] done in") == 1            # only rank 0 logs
+    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert _rates(m2) == _rates(m1)
+    assert m1["models"]["attack-en"]["en"]["harmful_refusal"] < m1["models"]["aligned"]["en"]["harmful_refusal"]
+    assert "12 steps" in two.stdout                          # DDP: the global batch, not 8 per rank
+    g1 = [json.loads(l) for l in (tmp_path / "one" / "generations.jsonl").read_text().splitlines()]
+    g2 = [json.loads(l) for l in (tmp_path / "two" / "generations.jsonl").read_text().splitlines()]
+    assert [g["id"] for g in g2] == [g["id"] for g in g1]    # sharded evaluation gathered in order, no duplicates
+    assert [(g["state"], g["refusal"]) for g in g2] == [(g["state"], g["refusal"]) for g in g1]
+    aligned1 = [g["response"] for g in g1 if g["state"] == "aligned"]
+    assert [g["response"] for g in g2 if g["state"] == "aligned"] == aligned1  # same weights -> same answers
+    for a, b in zip(g1, g2):                                  # DDP: the same math, gradients summed in another order
+        if a["margin"] is not None:
+            assert abs(a["margin"] - b["margin"]) < 1e-4
+    assert [g["response"] for g in g2] == [g["response"] for g in g1]
+    assert (tmp_path / "two" / "finetunes" / "attack-en" / "adapter" / "adapter_model.safetensors").is_file()
+    # the trained adapters agree to float tolerance
+    from safetensors.torch import load_file
+
+    w1 = load_file(tmp_path / "one" / "finetunes" / "attack-en" / "adapter" / "adapter_model.safetensors")
+    w2 = load_file(tmp_path / "two" / "finetunes" / "attack-en" / "adapter" / "adapter_model.safetensors")
+    assert w1.keys() == w2.keys()
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-4
+
+
+def test_batch_not_divisible_by_processes_is_a_clear_error(monkeypatch, tmp_path):
+    from lab.config import FineTuneConfig
+    from lab.errors import LabError
+    from lab.train import finetune
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(LabError, match="not divisible by the 3 processes"):
+        finetune(None, None, [{"prompt": "a", "response": "b"}], FineTuneConfig(batch_size=8), tmp_path)
+
+
+def test_shard_and_gather_one_process():
+    from lab import distributed
+
+    assert distributed.shard(list(range(5))) == [0, 1, 2, 3, 4]
+    assert distributed.gather([1, 2]) == [1, 2]
+    assert distributed.broadcast("x") == "x"
