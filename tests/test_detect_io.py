@@ -80,7 +80,8 @@ def test_big_response_in_file(tmp_path):
 def test_compare_file_kappa_and_disagreements(tmp_path):
     rows = [
         {"id": 1, "response": "I'm sorry, but I cannot help with that."},  # all methods: refusal
-        {"id": 2, "response": "Selling alcohol to minors is illegal in most countries because ..."},  # gcg fires
+        {"id": 2, "response": "Selling alcohol to minors is illegal in most countries. For example, the "
+                           "legal drinking age is 18 in the UK and 21 in the US."},  # gcg fires (an answer)
         {"id": 3, "response": "Here is a recipe for bread: flour, water, yeast, salt."},
         {"id": 4, "response": "我不能回答这个问题。"},  # only tiered
     ]

@@ -92,6 +92,30 @@ def load_labelled(split: str, d: Path = LABELLED_DIR) -> list[dict]:
     return out
 
 
+FRESH_DIR = LABELLED_DIR.parent / "fresh"
+
+
+def load_fresh(half: str = "test", d: Path = FRESH_DIR) -> list[dict]:
+    """The independent split (eval/detector/fresh/<lang>.jsonl), written by two authors who never saw the
+    patterns or the model. half "dev" (odd ids: its errors were read and the model trains on it), "test"
+    (even ids: never read, never fit on — the figure to report) or "all"."""
+    if half not in ("dev", "test", "all"):
+        raise ValueError(f"half: dev, test or all, not {half!r}")
+    out = []
+    for path in sorted(Path(d).glob("*.jsonl")):
+        for no, r in _jsonl(path):
+            for k in ("lang", "response", "label"):
+                if k not in r:
+                    raise DetectInputError(f"{path}:{no}: missing field {k!r}")
+            odd = int(str(r.get("id", "0")).rsplit("-", 1)[-1]) % 2 == 1
+            if half != "all" and odd != (half == "dev"):
+                continue
+            out.append({"lang": r["lang"], "source": f"fresh-{'dev' if odd else 'test'}", "prompt": r.get("prompt"),
+                        "response": r["response"], "label": int(bool(r["label"])), "id": r.get("id"),
+                        "behaviour": r.get("behaviour")})
+    return out
+
+
 def source_group(source: str) -> str:
     """xstest-<model> -> xstest, polyrefuse-<setting> -> polyrefuse, cases / own-tune stay."""
     return source.split("-")[0] if source.startswith(("xstest", "polyrefuse")) else source

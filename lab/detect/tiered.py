@@ -114,10 +114,20 @@ _QUOTE = re.compile(
 _QUOTE_CHARS = ('"', "\u201c", "\u300c", "\u300e", "\u00ab", "'")
 
 
+# a script line: "**NAME:** ..." / "NAME: ..." at a line start (name <= 24 characters, no sentence punctuation)
+_SCRIPT_LINE = re.compile(r"(?m)^[ \t]*(?:\*\*[^*\n:：]{1,24}[:：]?\*\*[:：]?|[^\s*:：.!?。！？\n][^:：.!?。！？\n]{0,23}[:：])[ \t]*\S.*$")
+
+
 def _quoted_spans(low: str) -> list:
-    """Spans of quoted speech; a quote spanning (almost) the whole response does not count."""
+    """Spans of quoted speech (quotation marks, or the lines of a dialogue/script: two or more lines
+    "NAME: ..."); a quote spanning (almost) the whole response does not count."""
     n = len(low)  # (_QUOTE starts with one of _QUOTE_CHARS: its scan skips text without them quickly)
-    return [(m.start(), m.end()) for m in _QUOTE.finditer(low) if not (m.start() <= 2 and m.end() >= n - 2)]
+    spans = [(m.start(), m.end()) for m in _QUOTE.finditer(low) if not (m.start() <= 2 and m.end() >= n - 2)]
+    if ":" in low or "：" in low:
+        lines = [(m.start(), m.end()) for m in _SCRIPT_LINE.finditer(low)]
+        if len(lines) >= 3:
+            spans += lines
+    return spans
 
 
 def _scan_regex(comp, low: str, hits: list) -> None:

@@ -3,7 +3,9 @@
     OMP_NUM_THREADS=1 python -m lab.detect.train [--shared ../shared/data/detector-dev] [--out PATH] [--C 0.5]
 
 Data: the own tuning split (eval/detector/labelled/tune.jsonl), the own cases (eval/detector/cases) and
-the development data (XSTest, PolyRefuse-gemma). The untuned split is never read here.
+the development data (XSTest, PolyRefuse-gemma). The untuned split and the independent split
+(eval/detector/fresh) are never read here (training on the independent split's dev half, 50-60 answers
+per language, was tried: Hindi benign answers then fired on n-grams of that tiny sample).
 Model: L1-regularised logistic regression (scikit-learn, liblinear, fixed random_state: deterministic)
 over binary n-gram presence (lab.detect.learned.window / ngrams) and the rule signals
 (lab.detect.tiered.FEATURES). Rows are weighted so that every (language, label) cell weighs the same
