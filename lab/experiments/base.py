@@ -237,7 +237,11 @@ def run(recipe: RecipeBase, out_dir: Path | None = None, *, tracking: str | None
         distributed.init()
         log = log if main else (lambda *a, **k: None)
     exp = experiment_for(recipe, log)
-    exp.validate()                                            # nothing is written before this passes
+    # nothing is written before this passes. Multi-process: rank 0 first, so that caches it fills (a GGUF
+    # converted to safetensors: under a process group only rank 0's save_pretrained writes) exist for the rest
+    _on_main_first(exp.validate)
+    if not main:
+        exp.validate()
     out = Path(out_dir) if out_dir else default_out(recipe)
     _on_main_first(lambda: _check_out_dir(out, recipe, force))
     if (out / "metrics.json").is_file():
