@@ -96,3 +96,28 @@ def test_shard_and_gather_one_process():
     assert distributed.shard(list(range(5))) == [0, 1, 2, 3, 4]
     assert distributed.gather([1, 2]) == [1, 2]
     assert distributed.broadcast("x") == "x"
+
+
+def test_an_error_on_rank_0_stops_every_rank(monkeypatch):
+    """_on_main_first: rank 0's LabError is broadcast, so rank 1 raises the same message (no hang)."""
+    from lab import distributed
+    from lab.errors import LabError
+    from lab.experiments import base
+
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(distributed, "broadcast", lambda obj: "--out x holds a run of a different config")
+    monkeypatch.setattr(distributed, "is_main", lambda: False)      # rank 1: fn is not run here
+    ran = []
+    with pytest.raises(LabError, match="different config"):
+        base._on_main_first(lambda: ran.append(1))
+    assert ran == []
+    monkeypatch.setattr(distributed, "is_main", lambda: True)       # rank 0: runs fn, its error is broadcast
+    sent = []
+    monkeypatch.setattr(distributed, "broadcast", lambda obj: sent.append(obj) or obj)
+
+    def boom():
+        raise LabError("canary failed")
+
+    with pytest.raises(LabError, match="canary failed"):
+        base._on_main_first(boom)
+    assert sent == ["canary failed"]
