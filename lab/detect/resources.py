@@ -15,7 +15,8 @@ Each file (``eval/detector/<code>.yaml``) holds::
     pivot: [...]             # 'but here is general information': refusal then a real answer
     refute: [...]            # premise refutation in the opening ("that's a harmful stereotype"): engaged
     balanced: [...]          # two-sided answer markers ("on the other hand"): engaged
-    harm: [...]              # harm / illegality explanations (signal for the learned model only)
+    harm: [...]              # harm / illegality explanations (learned-model signal; 2+ in a short
+                             #   answer without information = harm-only refusal, lab.detect.combined)
     offer: [...]             # safe-alternative offers, helplines (signal for the learned model only)
     info: [...]              # educational / informational phrasing (false-positive filter)
 

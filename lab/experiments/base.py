@@ -239,9 +239,7 @@ def run(recipe: RecipeBase, out_dir: Path | None = None, *, tracking: str | None
     exp = experiment_for(recipe, log)
     # nothing is written before this passes. Multi-process: rank 0 first, so that caches it fills (a GGUF
     # converted to safetensors: under a process group only rank 0's save_pretrained writes) exist for the rest
-    _on_main_first(exp.validate)
-    if not main:
-        exp.validate()
+    _every_rank_main_first(exp.validate)
     out = Path(out_dir) if out_dir else default_out(recipe)
     _on_main_first(lambda: _check_out_dir(out, recipe, force))
     if (out / "metrics.json").is_file():
@@ -263,9 +261,7 @@ def run(recipe: RecipeBase, out_dir: Path | None = None, *, tracking: str | None
         if n not in todo:
             log(f"  [{n}] done earlier; skipped")
     if todo:
-        _on_main_first(lambda: exp.prepare(ctx))               # rank 0 caches shared artifacts first
-        if not main:
-            exp.prepare(ctx)
+        _every_rank_main_first(lambda: exp.prepare(ctx))      # rank 0 caches shared artifacts first
     serial = [n for n in todo if n in exp.serial_states or workers <= 1]
     for n in serial:
         run_one_state(exp, n, ctx)
@@ -298,6 +294,15 @@ def run(recipe: RecipeBase, out_dir: Path | None = None, *, tracking: str | None
     log(f"[lab] done in {time.time() - t0:.1f} s: {out / 'report.md'}")
     distributed.barrier()
     return metrics
+
+
+def _every_rank_main_first(fn) -> None:
+    """fn on rank 0 first (its LabError stops every rank), then on the other ranks."""
+    from lab import distributed
+
+    _on_main_first(fn)
+    if not distributed.is_main():
+        fn()
 
 
 def _on_main_first(fn) -> None:
