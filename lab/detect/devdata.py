@@ -93,14 +93,17 @@ def load_labelled(split: str, d: Path = LABELLED_DIR) -> list[dict]:
 
 
 FRESH_DIR = LABELLED_DIR.parent / "fresh"
+INDEPENDENT_SETS = ("fresh", "fresh2")
 
 
-def load_fresh(half: str = "test", d: Path = FRESH_DIR) -> list[dict]:
-    """The independent split (eval/detector/fresh/<lang>.jsonl), written by two authors who never saw the
-    patterns or the model. half "dev" (odd ids: its errors were read and the model trains on it), "test"
-    (even ids: never read, never fit on — the figure to report) or "all"."""
+def load_fresh(half: str = "test", d: Path = FRESH_DIR, name: str | None = None) -> list[dict]:
+    """An independent split (eval/detector/fresh/<lang>.jsonl: two authors, 2.1 round; fresh2/: five more
+    authors, one per language, 2.2 round), written by people who never saw the patterns or the model.
+    half "dev" (odd ids: may be read and fit on), "test" (even ids: never read, never fit on — the
+    figure to report) or "all". Sources are "<set>-dev" / "<set>-test"."""
     if half not in ("dev", "test", "all"):
         raise ValueError(f"half: dev, test or all, not {half!r}")
+    name = name or Path(d).name
     out = []
     for path in sorted(Path(d).glob("*.jsonl")):
         for no, r in _jsonl(path):
@@ -110,10 +113,15 @@ def load_fresh(half: str = "test", d: Path = FRESH_DIR) -> list[dict]:
             odd = int(str(r.get("id", "0")).rsplit("-", 1)[-1]) % 2 == 1
             if half != "all" and odd != (half == "dev"):
                 continue
-            out.append({"lang": r["lang"], "source": f"fresh-{'dev' if odd else 'test'}", "prompt": r.get("prompt"),
+            out.append({"lang": r["lang"], "source": f"{name}-{'dev' if odd else 'test'}", "prompt": r.get("prompt"),
                         "response": r["response"], "label": int(bool(r["label"])), "id": r.get("id"),
                         "behaviour": r.get("behaviour")})
     return out
+
+
+def load_independent(half: str = "test") -> list[dict]:
+    """Both independent sets' `half` (fresh + fresh2)."""
+    return [r for name in INDEPENDENT_SETS for r in load_fresh(half, LABELLED_DIR.parent / name, name)]
 
 
 def source_group(source: str) -> str:
