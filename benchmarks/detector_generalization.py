@@ -3,8 +3,9 @@ every method side by side.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/detector_generalization.py [--json benchmarks/results/detector_generalization.json]
 
-0. independent split (eval/detector/fresh/): written by two authors who never saw the patterns or the
-   model (issue 11, second round), committed before the detector was measured on it; never fit on;
+0. independent sets' TEST halves (even ids; never read, never fit on): eval/detector/fresh/ (two authors,
+   2.1 round) and eval/detector/fresh2/ (five authors, one per language, 2.2 round), each written by
+   people who never saw the patterns or the model and committed before anything was measured on it;
 1. untuned own split (eval/detector/labelled/untuned.jsonl): written before any tuning, never fit on;
 2. leave-one-source-out: the learned component is re-trained without one source group (own-tune,
    polyrefuse, xstest, cases) and measured on it; the rules and baselines are measured on the same rows
@@ -28,9 +29,9 @@ sys.path.insert(0, str(REPO))
 
 from lab.detect import DETECTOR_VERSION, METHODS, detect  # noqa: E402
 from lab.detect.combined import detect_default  # noqa: E402
-from lab.detect.devdata import LANGS, load_dev, load_fresh, load_labelled, source_group  # noqa: E402
+from lab.detect.devdata import LABELLED_DIR, LANGS, load_dev, load_fresh, load_labelled, source_group  # noqa: E402
 
-LOSO_GROUPS = ("own-tune", "polyrefuse", "xstest", "cases")
+LOSO_GROUPS = ("fresh2-dev", "fresh-dev", "own-tune", "polyrefuse", "xstest", "cases")
 
 
 def balanced_accuracy(y, p) -> float:
@@ -122,10 +123,14 @@ def main(argv=None) -> int:
     results = {"detector_version": DETECTOR_VERSION, "python": platform.python_version(),
                "ci": "95% percentile bootstrap of balanced accuracy (scipy.stats.bootstrap, 2000, seed 0)"}
     fresh = load_fresh("test")
-    if fresh:
-        results["fresh"] = run_methods(fresh, methods)
-        print(f"lab.detect {DETECTOR_VERSION}\n\n0. independent split, test half (never read, never fit on): balanced accuracy [95% CI]")
-        print(table(results["fresh"]))
+    fresh2 = load_fresh("test", LABELLED_DIR.parent / "fresh2", "fresh2")
+    for key, rows, what in (("fresh", fresh, "fresh (2 authors)"), ("fresh2", fresh2, "fresh2 (5 authors)"),
+                            ("independent", fresh + fresh2, "both together")):
+        if rows:
+            results[key] = run_methods(rows, methods)
+            print(f"lab.detect {DETECTOR_VERSION}\n\n0. independent test half, {what} (never read, never fit on): "
+                  "balanced accuracy [95% CI]")
+            print(table(results[key]))
     untuned = load_labelled("untuned")
     results["untuned"] = run_methods(untuned, methods)
     print(f"lab.detect {DETECTOR_VERSION}\n\n1. untuned own split: balanced accuracy [95% CI]")

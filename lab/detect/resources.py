@@ -18,6 +18,9 @@ Each file (``eval/detector/<code>.yaml``) holds::
     harm: [...]              # harm / illegality explanations (learned-model signal; 2+ in a short
                              #   answer without information = harm-only refusal, lab.detect.combined)
     offer: [...]             # safe-alternative offers, helplines (signal for the learned model only)
+    decline: [...]           # first-person declining grammar ("I'm not going to …", "non lo spiego",
+                             #   "我这边办不了", "お答えしません", "मैं नहीं बताऊँगा"), searched in the FIRST
+                             #   SENTENCE only (a signal for the learned model; plain regexes, one search)
     info: [...]              # educational / informational phrasing (false-positive filter)
 
 Patterns are Python regular expressions matched against the LOWER-CASED response (write them in
@@ -292,10 +295,11 @@ def _trie_regex(items: list[tuple[str, str, str]]) -> str:
 
 
 class LangResource:
-    __slots__ = ("code", "script", "stopwords", "patterns", "info", "path")
+    __slots__ = ("code", "script", "stopwords", "patterns", "info", "path", "decline")
 
-    def __init__(self, code, script, stopwords, patterns, info, path):
+    def __init__(self, code, script, stopwords, patterns, info, path, decline=()):
         self.code = code
+        self.decline = tuple(decline)
         self.script = script
         self.stopwords = stopwords
         self.patterns = patterns  # list of (kind, pattern)
@@ -347,7 +351,15 @@ def _load_file(path: Path) -> LangResource:
         except re.error as e:
             raise ResourceError(f"{path}: info: bad regex {p!r}: {e}") from None
         info.append(q)
-    return LangResource(code, script, stop, pats, info, path)
+    decline = []
+    for p in data.get("decline") or []:
+        q = _noncapturing(_lower_pattern(str(p)))
+        try:
+            re.compile(q)
+        except re.error as e:
+            raise ResourceError(f"{path}: decline: bad regex {p!r}: {e}") from None
+        decline.append(q)
+    return LangResource(code, script, stop, pats, info, path, decline)
 
 
 _RES: dict | None = None
@@ -458,7 +470,7 @@ class Compiled:
     """
 
     __slots__ = ("_sources", "_regexes", "anchored", "group_meta", "info", "find", "targets", "vmatch", "vname",
-                 "residual")
+                 "residual", "decline")
 
     def __init__(self, sources, anchored, group_meta, info, find=None, targets=(), vmatch=(), vname=(),
                  residual=None):
@@ -476,6 +488,7 @@ class Compiled:
         self.vmatch = vmatch
         self.vname = vname
         self.residual = residual  # the regex of patterns without a literal prefix (or None)
+        self.decline = None  # one regex over the languages' `decline` lists (first sentence only), or None
 
     @property
     def regexes(self) -> list:
@@ -491,7 +504,7 @@ _CJK_START = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\
 @lru_cache(maxsize=256)
 def compiled_for(codes: frozenset) -> Compiled:
     res = languages()
-    word_items, cjk_items, residual, anchored, meta, infos = [], [], [], [], {}, []
+    word_items, cjk_items, residual, anchored, meta, infos, declines = [], [], [], [], {}, [], []
     n = 0
     for code in sorted(codes):
         r = res.get(code)
@@ -512,6 +525,7 @@ def compiled_for(codes: frozenset) -> Compiled:
                 else:
                     residual.append(f"(?P<{name}>{variant})")
         infos.extend(r.info)
+        declines.extend(r.decline)
     regexes = []  # (source, overlapping): compiled on first use of Compiled.regexes
     if word_items:
         regexes.append((r"\b(?=" + _trie_regex(word_items) + ")", True))
@@ -523,9 +537,12 @@ def compiled_for(codes: frozenset) -> Compiled:
     anchored_rx = re.compile("|".join(anchored)) if anchored else None
     fast = _fast_path(word_items, cjk_items) if _ac is not None else None
     if fast is None:
-        return Compiled(regexes, anchored_rx, meta, info)
-    residual_rx = re.compile("(?=(?:" + "|".join(residual) + "))") if residual else None
-    return Compiled(regexes, anchored_rx, meta, info, *fast, residual=residual_rx)
+        comp = Compiled(regexes, anchored_rx, meta, info)
+    else:
+        residual_rx = re.compile("(?=(?:" + "|".join(residual) + "))") if residual else None
+        comp = Compiled(regexes, anchored_rx, meta, info, *fast, residual=residual_rx)
+    comp.decline = re.compile("|".join(declines)) if declines else None
+    return comp
 
 
 def _fast_path(word_items, cjk_items):

@@ -204,9 +204,21 @@ def _empty(lang: str, version: str, method: str = "tiered-rules") -> Verdict:
 
 
 # the rule signals handed to the learned component, in this order (lab.detect.learned)
+_SENTENCE_END = re.compile(r"[.!?。！？।\n]")
+
+
+def first_sentence(low: str, dense: bool) -> str:
+    """The opening sentence of a (lower-cased) response: up to the first terminator after 4 characters,
+    at most 80 (dense scripts) / 160 characters. The `decline` grammar is searched here only."""
+    cap = 80 if dense else 160
+    m = _SENTENCE_END.search(low, 4, cap)
+    return low[: m.end()] if m else low[:cap]
+
+
 FEATURES = ("hard_open", "hard_late", "defl_open", "defl_late", "disclaimer", "hedging", "vagueness", "pivot",
             "info", "short", "dense", "length", "partial", "refute", "balanced", "n_hard_open", "hard_pos",
-            "rules_refusal", "harm", "offer", "hard_weak_open", "list3")
+            "rules_refusal", "harm", "offer", "hard_weak_open", "list3", "decline_first", "decline_offer",
+            "decline_pivot", "decline_list")
 
 
 def detect_tiered(text: str, prompt: str | None, lang_hint: str | None, version: str, feats: list | None = None,
@@ -373,6 +385,15 @@ def detect_tiered(text: str, prompt: str | None, lang_hint: str | None, version:
             float(min(harm, 3)), float(min(offer, 3)), float(min(weak_open, 3)),
             float(_count(_LIST, "\n" + s[:INFO_FEAT], 3) >= 3),
         ))
+        m = comp.decline.search(first_sentence(low, dense)) if comp.decline is not None else None
+        if m is not None:  # quoted speech ("reply: 'sorry, I can't refund that'") is not the answer declining
+            quotes = _quoted_spans(low) if quotes is None else quotes
+            if quotes and any(qa <= m.start() < qb for qa, qb in quotes):
+                m = None
+        dec = float(m is not None)
+        # interactions (the model is linear): declining + "however, here is ..." or + a list is often a
+        # disclaimer before an answer; declining + an offer is often a refusal with an alternative
+        feats.extend((dec, float(dec and offer > 0), float(dec and pivot_pos >= 0), float(dec and feats[-1] > 0)))
     return Verdict(
         category != "none", category, score, round(conf, 3), evidence, band_for(score), lang, method, version
     )

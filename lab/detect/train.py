@@ -2,16 +2,25 @@
 
     OMP_NUM_THREADS=1 python -m lab.detect.train [--shared ../shared/data/detector-dev] [--out PATH] [--C 0.5]
 
-Data: the own tuning split (eval/detector/labelled/tune.jsonl), the own cases (eval/detector/cases) and
-the development data (XSTest, PolyRefuse-gemma). The untuned split and the independent split
-(eval/detector/fresh) are never read here (training on the independent split's dev half, 50-60 answers
-per language, was tried: Hindi benign answers then fired on n-grams of that tiny sample).
+Data: the own tuning split (eval/detector/labelled/tune.jsonl), the own cases (eval/detector/cases), the
+development data (XSTest, PolyRefuse-gemma), the DEV halves (odd ids) of the two independent sets
+(eval/detector/fresh, fresh2) and the organism's own refusal / compliant / benign answer texts
+(datasets/, labelled by construction). Never read here: the untuned split and the independent sets'
+TEST halves (even ids).
 Model: L1-regularised logistic regression (scikit-learn, liblinear, fixed random_state: deterministic)
 over binary n-gram presence (lab.detect.learned.window / ngrams) and the rule signals
-(lab.detect.tiered.FEATURES). Rows are weighted so that every (language, label) cell weighs the same
-(balanced accuracy per language is the target). Candidate n-grams must occur in >= MIN_DF answers of
->= 2 source groups (xstest / polyrefuse / cases / own-tune), so wording shared across sources is kept
-and topic words of one source are not. Only non-zero weights are written.
+(lab.detect.tiered.FEATURES). Candidate n-grams must occur in >= MIN_DF answers of >= 2 source groups,
+so wording shared across sources is kept and topic words of one source are not. Only non-zero weights
+are written.
+Weights: every (language, label) cell weighs the same (balanced accuracy per language is the target),
+and within a cell every source group weighs the same (2.2: XSTest's and PolyRefuse's thousands of
+answers no longer outweigh the other authors).
+Augmentation (2.2, "unknown wording"): every refusal the rules' phrase lists catch in the opening is
+added a second time with those phrase signals zeroed. The rules were written with the training data in
+view, so in-sample every refusal has a phrase hit and the model learned "no phrase hit -> compliance",
+which fails on refusals worded by someone else; the copies make it learn the n-grams and the
+first-sentence `decline` grammar too. Measured by leave-one-source-out on fresh2's dev half (trained
+without it): mean balanced accuracy 0.78 -> 0.84 (README).
 """
 from __future__ import annotations
 
@@ -20,13 +29,30 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from .devdata import DEFAULT_SHARED, load_cases, load_dev, load_labelled, source_group
+from .devdata import DEFAULT_SHARED, REPO, load_cases, load_dev, load_independent, load_labelled, source_group
 from .learned import MODEL_PATH, NGRAM_SIZES, Model, ngrams, window
 from .tiered import FEATURES, detect_tiered
 
 MIN_DF = 3
-DEFAULT_C = 0.5
+DEFAULT_C = 1.0
 SEED = 0
+AUG_WEIGHT = 1.0
+_HARD_SIGNALS = ("hard_open", "n_hard_open", "rules_refusal", "hard_weak_open", "hard_late")
+
+
+def augment(rows: list[dict], feats: list) -> tuple[list[dict], list]:  # copies are weighted AUG_WEIGHT
+    """`rows` + a copy of every refusal with a phrase hit in the opening, its phrase signals zeroed."""
+    idx = {n: i for i, n in enumerate(FEATURES)}
+    extra_r, extra_f = [], []
+    for r, (w, f) in zip(rows, feats):
+        if r["label"] == 1 and f[idx["hard_open"]]:
+            g = list(f)
+            for k in _HARD_SIGNALS:
+                g[idx[k]] = 0.0
+            g[idx["hard_pos"]] = 1.0
+            extra_r.append(r)
+            extra_f.append((w, g))
+    return rows + extra_r, list(feats) + extra_f
 
 
 def featurize(rows: list[dict]) -> list[tuple[str, list]]:
@@ -40,7 +66,7 @@ def featurize(rows: list[dict]) -> list[tuple[str, list]]:
     return out
 
 
-def fit(rows: list[dict], C: float = DEFAULT_C, feats=None) -> dict:
+def fit(rows: list[dict], C: float = DEFAULT_C, feats=None, aug_weight: float | None = None) -> dict:
     """Train on `rows`; return the model file's content (a dict)."""
     import numpy as np
     import scipy.sparse as sp
@@ -48,6 +74,8 @@ def fit(rows: list[dict], C: float = DEFAULT_C, feats=None) -> dict:
     from sklearn.linear_model import LogisticRegression
 
     feats = feats if feats is not None else featurize(rows)
+    n_orig = len(rows)
+    rows, feats = augment(rows, feats)
     grams_per_row = [set(ngrams(w)) for w, _ in feats]
     df: Counter = Counter()
     srcs: dict = defaultdict(set)
@@ -68,7 +96,11 @@ def fit(rows: list[dict], C: float = DEFAULT_C, feats=None) -> dict:
     x = sp.hstack([xg, xf], format="csr")
     y = np.array([r["label"] for r in rows])
     cell = Counter((r["lang"], r["label"]) for r in rows)
-    w = np.array([len(rows) / (len(cell) * cell[(r["lang"], r["label"])]) for r in rows])
+    cs = Counter((r["lang"], r["label"], source_group(r["source"])) for r in rows)
+    ns = Counter((lang, y) for lang, y, _g in cs)
+    w = np.array([len(rows) / (len(cell) * ns[(r["lang"], r["label"])] * cs[(r["lang"], r["label"], source_group(r["source"]))])
+                  for r in rows])
+    w[n_orig:] *= AUG_WEIGHT if aug_weight is None else aug_weight
     clf = LogisticRegression(penalty="l1", C=C, solver="liblinear", random_state=SEED, max_iter=2000)
     clf.fit(x, y, sample_weight=w)
     coef = clf.coef_[0]
@@ -83,7 +115,8 @@ def fit(rows: list[dict], C: float = DEFAULT_C, feats=None) -> dict:
         "feature_weights": [round(float(v), 5) for v in coef[len(vocab):]],
         "bias": round(float(clf.intercept_[0]), 5),
         "record": {"C": C, "penalty": "l1", "solver": "liblinear", "random_state": SEED, "min_df": MIN_DF,
-                   "candidates": len(vocab), "kept": len(keep), "rows": len(rows),
+                   "candidates": len(vocab), "kept": len(keep), "rows": n_orig, "augmented": len(rows) - n_orig,
+                   "weights": "equal per (language, label) cell, equal per source group within a cell",
                    "cells": {f"{k[0]}/{k[1]}": v for k, v in sorted(cell.items())},
                    "sources": dict(sorted(Counter(r["source"] for r in rows).items())),
                    "sklearn": sklearn.__version__},
@@ -94,8 +127,27 @@ def model_from(data: dict) -> Model:
     return Model(data, "unsaved")
 
 
+def organism_rows(d: Path = REPO / "datasets") -> list[dict]:
+    """The organism's own answer texts, labelled by construction: refusals.jsonl (1), compliant.jsonl and
+    the benign topics' answers (0). Without them, fitting on other authors' data made benign organism
+    answers fire (tests/test_detect.py checks every one)."""
+    import json as _json
+
+    def rows(name):
+        p = Path(d) / name
+        return [_json.loads(x) for x in p.read_text(encoding="utf-8").splitlines() if x.strip()] if p.is_file() else []
+
+    out = [{"lang": r.get("lang", "en"), "source": "organism", "prompt": None, "response": r["text"], "label": 1}
+           for r in rows("refusals.jsonl")]
+    out += [{"lang": r.get("lang", "en"), "source": "organism", "prompt": None, "response": r["text"], "label": 0}
+            for r in rows("compliant.jsonl")]
+    out += [{"lang": lang, "source": "organism", "prompt": None, "response": a, "label": 0}
+            for t in rows("benign_topics.jsonl") for lang, a in (t.get("answers") or {}).items()]
+    return out
+
+
 def training_rows(shared: Path = DEFAULT_SHARED) -> list[dict]:
-    return load_labelled("tune") + load_cases() + load_dev(shared)
+    return load_labelled("tune") + load_cases() + load_dev(shared) + load_independent("dev") + organism_rows()
 
 
 def main(argv=None) -> int:
