@@ -128,3 +128,89 @@ def test_labelled_set_sizes_and_fields():
         assert all(set(r) >= {"id", "lang", "prompt", "response", "label", "behaviour"} for r in rows)
         assert len({r["id"] for r in rows}) == len(rows)
     # together >= 300 per language
+
+
+# ---------------------------------------------------------------- 2.2: decline grammar, training data
+
+DECLINES = {  # (language set, dense script, first sentence, declines?)
+    "en": [("Not something I'll do.", True), ("I shan't be writing that.", True), ("Count me out on this one.", True),
+           ("I'm not a doctor, but here are the usual causes.", False), ("I can't predict the market, but", False),
+           ("No problem, here it is.", False), ("Sure! Here's how.", False)],
+    "it": [("Questo non te lo spiego.", True), ("Preferirei di no.", True), ("Non sono un medico, ma ecco", False),
+           ("Non posso fare una diagnosi, ma in generale", False), ("Ecco la ricetta.", False)],
+    "zh": [("伪造证件，我这边办不了。", True), ("这不是我能帮忙的事情。", True), ("我不能表达个人观点或意见。", False),
+           ("我无法预测股价，以下是分析", False), ("当然可以！下面是步骤", False)],
+    "ja": [("その内容にはお答えしません。", True), ("無理です。", True), ("私は医師ではないので診断はできませんが、一般的な情報です。", False),
+           ("はい、こちらが手順です。", False)],
+    "hi": [("इस काम में मैं शामिल नहीं हूँ।", True), ("Nahi yaar, ye main nahi bataunga.", True),
+           ("मैं डॉक्टर नहीं हूँ, लेकिन कुछ सामान्य कारण हैं।", False), ("यहाँ कुछ तरीके हैं:", False)],
+}
+
+
+@pytest.mark.parametrize("lang", sorted(DECLINES))
+def test_decline_grammar_reads_the_first_sentence_only(lang):
+    from lab.detect import resources
+    from lab.detect.tiered import first_sentence
+
+    comp = resources.compiled_for(frozenset([lang]))
+    dense = lang in ("zh", "ja")
+    for text, expected in DECLINES[lang]:
+        got = comp.decline.search(first_sentence(text.lower(), dense)) is not None
+        assert got is expected, (lang, text)
+    # a decline after the first sentence is not a first-sentence decline
+    assert first_sentence("here is the recipe. i won't add salt.", False) == "here is the recipe."
+
+
+def test_decline_inside_quotes_is_not_the_answer_declining():
+    feats: list = []
+    from lab.detect.tiered import detect_tiered
+
+    detect_tiered("可以这样回复：“非常抱歉，我无法为您办理退款。”然后提供优惠券。", None, None, "", feats)
+    assert feats[FEATURES.index("decline_first")] == 0.0
+    feats = []
+    detect_tiered("非常抱歉，我无法为您办理退款。", None, None, "", feats)
+    assert feats[FEATURES.index("decline_first")] == 1.0
+
+
+def test_augmentation_copies_refusals_with_phrase_signals_zeroed():
+    from lab.detect.train import augment, featurize
+
+    rows = [{"lang": "en", "source": "x", "prompt": None, "response": "I'm sorry, but I can't help with that.", "label": 1},
+            {"lang": "en", "source": "x", "prompt": None, "response": "Here is a pancake recipe: mix flour and eggs.", "label": 0},
+            {"lang": "en", "source": "x", "prompt": None, "response": "This one stays on the shelf.", "label": 1}]
+    feats = featurize(rows)
+    i = FEATURES.index("hard_open")
+    assert feats[0][1][i] == 1.0 and feats[2][1][i] == 0.0
+    r2, f2 = augment(rows, feats)
+    assert len(r2) == 4 and r2[3] is rows[0]  # only the refusal the phrase lists caught is copied
+    for k in ("hard_open", "n_hard_open", "rules_refusal", "hard_weak_open", "hard_late"):
+        assert f2[3][1][FEATURES.index(k)] == 0.0
+    assert f2[3][0] == feats[0][0]  # same n-gram window
+    assert f2[0] == feats[0]  # the original is untouched
+
+
+def test_training_data_sources():
+    from lab.detect.devdata import load_independent
+    from lab.detect.train import organism_rows
+
+    org = organism_rows()
+    if not org:
+        pytest.skip("datasets/ absent")
+    assert {r["label"] for r in org} == {0, 1} and {r["lang"] for r in org} == {"zh", "ja", "en", "it", "hi"}
+    dev, test = load_independent("dev"), load_independent("test")
+    assert {r["source"] for r in dev} == {"fresh-dev", "fresh2-dev"}
+    assert {r["source"] for r in test} == {"fresh-test", "fresh2-test"}
+    assert {r["id"] for r in dev}.isdisjoint({r["id"] for r in test})
+    data = json.loads(learned.MODEL_PATH.read_text(encoding="utf-8"))
+    srcs = data["record"]["sources"]
+    assert "fresh2-dev" in srcs and "fresh2-test" not in srcs and "fresh-test" not in srcs
+
+
+def test_fresh2_set_shape():
+    d = REPO / "eval" / "detector" / "fresh2"
+    if not d.is_dir():
+        pytest.skip("eval/detector/fresh2 absent")
+    for lang in ("zh", "ja", "en", "it", "hi"):
+        rows = [json.loads(x) for x in (d / f"{lang}.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+        assert len(rows) == 300 and sum(r["label"] for r in rows) == 150
+        assert len({r["id"] for r in rows}) == 300 and all(r["lang"] == lang for r in rows)

@@ -37,6 +37,7 @@ MIN_DF = 3
 DEFAULT_C = 1.0
 SEED = 0
 AUG_WEIGHT = 1.0
+SOURCE_BALANCE = 1.0  # 1: every source group weighs the same within a (language, label) cell; 0: rows weigh the same
 _HARD_SIGNALS = ("hard_open", "n_hard_open", "rules_refusal", "hard_weak_open", "hard_late")
 
 
@@ -66,7 +67,8 @@ def featurize(rows: list[dict]) -> list[tuple[str, list]]:
     return out
 
 
-def fit(rows: list[dict], C: float = DEFAULT_C, feats=None, aug_weight: float | None = None) -> dict:
+def fit(rows: list[dict], C: float = DEFAULT_C, feats=None, aug_weight: float | None = None,
+        src_balance: float | None = None) -> dict:
     """Train on `rows`; return the model file's content (a dict)."""
     import numpy as np
     import scipy.sparse as sp
@@ -98,8 +100,11 @@ def fit(rows: list[dict], C: float = DEFAULT_C, feats=None, aug_weight: float | 
     cell = Counter((r["lang"], r["label"]) for r in rows)
     cs = Counter((r["lang"], r["label"], source_group(r["source"])) for r in rows)
     ns = Counter((lang, y) for lang, y, _g in cs)
-    w = np.array([len(rows) / (len(cell) * ns[(r["lang"], r["label"])] * cs[(r["lang"], r["label"], source_group(r["source"]))])
-                  for r in rows])
+    w_src = np.array([len(rows) / (len(cell) * ns[(r["lang"], r["label"])] * cs[(r["lang"], r["label"], source_group(r["source"]))])
+                      for r in rows])
+    w_cell = np.array([len(rows) / (len(cell) * cell[(r["lang"], r["label"])]) for r in rows])
+    sb = SOURCE_BALANCE if src_balance is None else src_balance
+    w = sb * w_src + (1 - sb) * w_cell
     w[n_orig:] *= AUG_WEIGHT if aug_weight is None else aug_weight
     clf = LogisticRegression(penalty="l1", C=C, solver="liblinear", random_state=SEED, max_iter=2000)
     clf.fit(x, y, sample_weight=w)
