@@ -303,13 +303,16 @@ def test_rising_loss_counts_as_diverged():
 
 # ------------------------------------------------------------------------------ Ctrl-C
 def test_ctrl_c_says_how_to_resume(tmp_path):
-    path = _write(tmp_path, TRANSFER)
+    # a fine-tune long enough (16 steps) that the signal lands inside the run, not after it (with the
+    # aligned state served from the evaluation cache, the 1-step recipe could finish within the poll)
+    path = _write(tmp_path, TRANSFER.replace("n_examples: 8, epochs: 1", "n_examples: 32, epochs: 4"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen([sys.executable, "-m", "lab", "run", str(path), "--out", str(tmp_path / "o"), "--no-wandb"],
                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t = time.time()
     while not (tmp_path / "o" / "states").is_dir() and time.time() - t < 120:
         time.sleep(0.05)
+    assert p.poll() is None, "the run ended before it could be interrupted"
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130 and "rerun the same command to resume" in err and "Traceback" not in err
