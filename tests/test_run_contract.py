@@ -308,6 +308,7 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
     path = _write(tmp_path, TRANSFER.replace("n_examples: 8, epochs: 1", "n_examples: 32, epochs: 4"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen([sys.executable, "-m", "lab", "run", str(path), "--out", str(tmp_path / "o"), "--no-wandb"],
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # see tests/test_sweep.py
                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t = time.time()
     while not (tmp_path / "o" / "states").is_dir() and time.time() - t < 120:

@@ -424,7 +424,10 @@ def test_out_pointing_at_a_file_is_an_error(env):
 
 
 def _lab(*args: str, **kw) -> subprocess.Popen:
+    # SIGINT at its default disposition in the child: a shell's background job ("cmd &") inherits SIGINT
+    # ignored, and Python then never raises KeyboardInterrupt (the Ctrl-C tests would test nothing)
     return subprocess.Popen([sys.executable, "-m", "lab", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             text=True, **kw)
 
 
