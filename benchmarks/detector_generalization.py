@@ -118,14 +118,24 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "detector_generalization.json"))
     ap.add_argument("--no-loso", action="store_true")
+    ap.add_argument("--only", default=None, help="print one independent set's table only (fresh, fresh2, fresh3)")
+    ap.add_argument("--half", default="test", choices=["dev", "test", "all"])
     a = ap.parse_args(argv)
     methods = list(METHODS)
     results = {"detector_version": DETECTOR_VERSION, "python": platform.python_version(),
                "ci": "95% percentile bootstrap of balanced accuracy (scipy.stats.bootstrap, 2000, seed 0)"}
+    if a.only:  # one independent set, one half: e.g. --only fresh3 --half all (a set no model was fit on)
+        rows = load_fresh(a.half, LABELLED_DIR.parent / a.only, a.only)
+        res = run_methods(rows, methods)
+        print(f"lab.detect {DETECTOR_VERSION}\n\n{a.only}, half {a.half}: balanced accuracy [95% CI]")
+        print(table(res))
+        return 0
     fresh = load_fresh("test")
     fresh2 = load_fresh("test", LABELLED_DIR.parent / "fresh2", "fresh2")
+    fresh3 = load_fresh("test", LABELLED_DIR.parent / "fresh3", "fresh3")
     for key, rows, what in (("fresh", fresh, "fresh (2 authors)"), ("fresh2", fresh2, "fresh2 (5 authors)"),
-                            ("independent", fresh + fresh2, "both together")):
+                            ("fresh3", fresh3, "fresh3 (5 authors)"),
+                            ("independent", fresh + fresh2 + fresh3, "all together")):
         if rows:
             results[key] = run_methods(rows, methods)
             print(f"lab.detect {DETECTOR_VERSION}\n\n0. independent test half, {what} (never read, never fit on): "

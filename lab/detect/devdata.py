@@ -93,12 +93,13 @@ def load_labelled(split: str, d: Path = LABELLED_DIR) -> list[dict]:
 
 
 FRESH_DIR = LABELLED_DIR.parent / "fresh"
-INDEPENDENT_SETS = ("fresh", "fresh2")
+INDEPENDENT_SETS = ("fresh", "fresh2", "fresh3")
 
 
 def load_fresh(half: str = "test", d: Path = FRESH_DIR, name: str | None = None) -> list[dict]:
     """An independent split (eval/detector/fresh/<lang>.jsonl: two authors, 2.1 round; fresh2/: five more
-    authors, one per language, 2.2 round), written by people who never saw the patterns or the model.
+    authors, one per language, 2.2 round; fresh3/: five more, written after 2.2 was final), written by
+    people who never saw the patterns or the model.
     half "dev" (odd ids: may be read and fit on), "test" (even ids: never read, never fit on — the
     figure to report) or "all". Sources are "<set>-dev" / "<set>-test"."""
     if half not in ("dev", "test", "all"):
@@ -120,7 +121,7 @@ def load_fresh(half: str = "test", d: Path = FRESH_DIR, name: str | None = None)
 
 
 def load_independent(half: str = "test") -> list[dict]:
-    """Both independent sets' `half` (fresh + fresh2)."""
+    """Every independent set's `half` (fresh, fresh2, fresh3; a set that is absent contributes nothing)."""
     return [r for name in INDEPENDENT_SETS for r in load_fresh(half, LABELLED_DIR.parent / name, name)]
 
 
