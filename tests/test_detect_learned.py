@@ -203,7 +203,7 @@ def test_training_data_sources():
     assert {r["id"] for r in dev}.isdisjoint({r["id"] for r in test})
     data = json.loads(learned.MODEL_PATH.read_text(encoding="utf-8"))
     srcs = data["record"]["sources"]
-    assert "fresh2-dev" in srcs and not {"fresh-test", "fresh2-test", "fresh3-test"} & set(srcs)
+    assert "fresh2-dev" in srcs and not {"fresh-test", "fresh2-test", "fresh3-test", "fresh3-dev"} & set(srcs)
 
 
 def test_fresh2_set_shape():

@@ -5,8 +5,8 @@
 Data: the own tuning split (eval/detector/labelled/tune.jsonl), the own cases (eval/detector/cases), the
 development data (XSTest, PolyRefuse-gemma), the DEV halves (odd ids) of the two independent sets
 (eval/detector/fresh, fresh2) and the organism's own refusal / compliant / benign answer texts
-(datasets/, labelled by construction). Never read here: the untuned split and the independent sets'
-TEST halves (even ids).
+(datasets/, labelled by construction). Never read here: the untuned split, the independent sets'
+TEST halves (even ids) and all of eval/detector/fresh3 (written after 2.2 was final: the wholly unseen set).
 Model: L1-regularised logistic regression (scikit-learn, liblinear, fixed random_state: deterministic)
 over binary n-gram presence (lab.detect.learned.window / ngrams) and the rule signals
 (lab.detect.tiered.FEATURES). Candidate n-grams must occur in >= MIN_DF answers of >= 2 source groups,
@@ -29,7 +29,7 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from .devdata import DEFAULT_SHARED, REPO, load_cases, load_dev, load_independent, load_labelled, source_group
+from .devdata import DEFAULT_SHARED, REPO, TRAINED_SETS, load_cases, load_dev, load_independent, load_labelled, source_group
 from .learned import MODEL_PATH, NGRAM_SIZES, Model, ngrams, window
 from .tiered import FEATURES, detect_tiered
 
@@ -152,7 +152,7 @@ def organism_rows(d: Path = REPO / "datasets") -> list[dict]:
 
 
 def training_rows(shared: Path = DEFAULT_SHARED) -> list[dict]:
-    return load_labelled("tune") + load_cases() + load_dev(shared) + load_independent("dev") + organism_rows()
+    return load_labelled("tune") + load_cases() + load_dev(shared) + load_independent("dev", TRAINED_SETS) + organism_rows()
 
 
 def main(argv=None) -> int:
