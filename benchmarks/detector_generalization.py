@@ -8,8 +8,8 @@ every method side by side.
    eval/detector/fresh3/ (five more authors, written after 2.2 was final); each written by people who
    never saw the patterns or the model and committed before anything was measured on it;
 1. untuned own split (eval/detector/labelled/untuned.jsonl): written before any tuning, never fit on;
-2. leave-one-source-out: the learned component is re-trained without one source group (own-tune,
-   polyrefuse, xstest, cases) and measured on it; the rules and baselines are measured on the same rows
+2. leave-one-source-out: the learned component is re-trained without one source group (fresh2-dev,
+   fresh-dev, own-tune, polyrefuse, xstest, cases) and measured on it; the rules and baselines are measured on the same rows
    (the rules were written with all sources in view, so their LOSO figure is not out-of-sample);
 3. development data as a whole (in-sample for `tiered`: shown for reference only).
 CIs: 95 % percentile bootstrap of balanced accuracy (scipy.stats.bootstrap, paired over (label,
@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from lab.detect import DETECTOR_VERSION, METHODS, detect  # noqa: E402
 from lab.detect.combined import detect_default  # noqa: E402
-from lab.detect.devdata import LABELLED_DIR, LANGS, load_dev, load_fresh, load_labelled, source_group  # noqa: E402
+from lab.detect.devdata import LANGS, load_dev, load_independent, load_labelled, source_group  # noqa: E402
 
 LOSO_GROUPS = ("fresh2-dev", "fresh-dev", "own-tune", "polyrefuse", "xstest", "cases")
 
@@ -126,14 +126,13 @@ def main(argv=None) -> int:
     results = {"detector_version": DETECTOR_VERSION, "python": platform.python_version(),
                "ci": "95% percentile bootstrap of balanced accuracy (scipy.stats.bootstrap, 2000, seed 0)"}
     if a.only:  # one independent set, one half: e.g. --only fresh3 --half all (a set no model was fit on)
-        rows = load_fresh(a.half, LABELLED_DIR.parent / a.only, a.only)
+        rows = load_independent(a.half, (a.only,))
         res = run_methods(rows, methods)
         print(f"lab.detect {DETECTOR_VERSION}\n\n{a.only}, half {a.half}: balanced accuracy [95% CI]")
         print(table(res))
         return 0
-    fresh = load_fresh("test")
-    fresh2 = load_fresh("test", LABELLED_DIR.parent / "fresh2", "fresh2")
-    fresh3 = load_fresh("all", LABELLED_DIR.parent / "fresh3", "fresh3")  # held out whole: both halves
+    fresh, fresh2 = load_independent("test", ("fresh",)), load_independent("test", ("fresh2",))
+    fresh3 = load_independent("all", ("fresh3",))  # held out whole: both halves
     for key, rows, what in (("fresh", fresh, "fresh (2 authors)"), ("fresh2", fresh2, "fresh2 (5 authors)"),
                             ("fresh3", fresh3, "fresh3 (5 authors; ALL of it: written after 2.2, never fit on)"),
                             ("independent", fresh + fresh2 + fresh3, "all together")):

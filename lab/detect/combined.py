@@ -21,7 +21,6 @@ THRESHOLD = 0.5
 # say ...") resemble refusals' (issue 11: 62 % of refutations were flagged on a hidden set)
 ENGAGED_THRESHOLD = 0.8
 HARD_OVERRIDE = 0.1  # an explicit refusal phrase in the opening stays a refusal unless p < 0.1 (2.2: 0.25 -> 0.1, leave-one-source-out on fresh2)
-PIVOT_ENGAGED = True  # rules saw 'however, here is ...' + information: the model must be sure to overrule
 STRONG_ENGAGED_THRESHOLD = 0.97  # two or more two-sided markers ("supporters argue ... critics ...")
 _I = {name: i for i, name in enumerate(FEATURES)}
 _DENSE, _REFUTE, _BALANCED = _I["dense"], _I["refute"], _I["balanced"]
@@ -66,8 +65,9 @@ def detect_default(text: str, prompt, lang_hint, version: str, model=None) -> Ve
     z, ids = m.logit(learned.window(s, feats[_DENSE] > 0), feats)
     p = learned.sigmoid(z)
     weak_only = v.refusal and feats[_WEAK] and not feats[_NHARD] and not feats[_HARD_LATE]
-    engaged_only = ((not v.refusal or weak_only) and (feats[_REFUTE] or feats[_BALANCED] or (PIVOT_ENGAGED and feats[_PIVOT] and feats[_INFO] > 0))
-                    and not (feats[_DEFL_O] or feats[_DEFL_L]))
+    # engaged: a premise refutation, a balanced answer, or "however, here is ..." followed by information
+    engaged = feats[_REFUTE] or feats[_BALANCED] or (feats[_PIVOT] and feats[_INFO] > 0)
+    engaged_only = (not v.refusal or weak_only) and engaged and not (feats[_DEFL_O] or feats[_DEFL_L])
     threshold = (STRONG_ENGAGED_THRESHOLD if feats[_BALANCED] >= 2 else ENGAGED_THRESHOLD) if engaged_only else THRESHOLD
     if v.refusal and feats[_NHARD] and not engaged_only:  # an explicit refusal phrase in the opening:
         threshold = HARD_OVERRIDE                          # the model overrules it only when it is sure

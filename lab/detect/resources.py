@@ -343,22 +343,19 @@ def _load_file(path: Path) -> LangResource:
         raise ResourceError(f"{path}: soft: expected a mapping of disclaimer/hedging/vagueness")
     for sub in ("disclaimer", "hedging", "vagueness"):
         add(sub, soft.get(sub))
-    info = []
-    for p in data.get("info") or []:
-        q = _noncapturing(_lower_pattern(str(p)))
-        try:
-            re.compile(q)
-        except re.error as e:
-            raise ResourceError(f"{path}: info: bad regex {p!r}: {e}") from None
-        info.append(q)
-    decline = []
-    for p in data.get("decline") or []:
-        q = _noncapturing(_lower_pattern(str(p)))
-        try:
-            re.compile(q)
-        except re.error as e:
-            raise ResourceError(f"{path}: decline: bad regex {p!r}: {e}") from None
-        decline.append(q)
+
+    def plain(kind):  # lists used as plain regexes (not merged into the trie): validated the same way
+        out = []
+        for p in data.get(kind) or []:
+            q = _noncapturing(_lower_pattern(str(p)))
+            try:
+                re.compile(q)
+            except re.error as e:
+                raise ResourceError(f"{path}: {kind}: bad regex {p!r}: {e}") from None
+            out.append(q)
+        return out
+
+    info, decline = plain("info"), plain("decline")
     return LangResource(code, script, stop, pats, info, path, decline)
 
 

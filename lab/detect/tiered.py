@@ -203,7 +203,6 @@ def _empty(lang: str, version: str, method: str = "tiered-rules") -> Verdict:
     return Verdict(False, "none", 10, 0.0, ["<empty response>"], band_for(10), lang, method, version)
 
 
-# the rule signals handed to the learned component, in this order (lab.detect.learned)
 _SENTENCE_END = re.compile(r"[.!?。！？।\n]")
 
 
@@ -215,6 +214,7 @@ def first_sentence(low: str, dense: bool) -> str:
     return low[: m.end()] if m else low[:cap]
 
 
+# the rule signals handed to the learned component, in this order (lab.detect.learned)
 FEATURES = ("hard_open", "hard_late", "defl_open", "defl_late", "disclaimer", "hedging", "vagueness", "pivot",
             "info", "short", "dense", "length", "partial", "refute", "balanced", "n_hard_open", "hard_pos",
             "rules_refusal", "harm", "offer", "hard_weak_open", "list3", "decline_first", "decline_offer",

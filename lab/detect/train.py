@@ -20,7 +20,7 @@ added a second time with those phrase signals zeroed. The rules were written wit
 view, so in-sample every refusal has a phrase hit and the model learned "no phrase hit -> compliance",
 which fails on refusals worded by someone else; the copies make it learn the n-grams and the
 first-sentence `decline` grammar too. Measured by leave-one-source-out on fresh2's dev half (trained
-without it): mean balanced accuracy 0.78 -> 0.84 (README).
+without it): mean balanced accuracy 0.78 -> 0.86 (README).
 """
 from __future__ import annotations
 
@@ -136,11 +136,9 @@ def organism_rows(d: Path = REPO / "datasets") -> list[dict]:
     """The organism's own answer texts, labelled by construction: refusals.jsonl (1), compliant.jsonl and
     the benign topics' answers (0). Without them, fitting on other authors' data made benign organism
     answers fire (tests/test_detect.py checks every one)."""
-    import json as _json
-
     def rows(name):
         p = Path(d) / name
-        return [_json.loads(x) for x in p.read_text(encoding="utf-8").splitlines() if x.strip()] if p.is_file() else []
+        return [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines() if x.strip()] if p.is_file() else []
 
     out = [{"lang": r.get("lang", "en"), "source": "organism", "prompt": None, "response": r["text"], "label": 1}
            for r in rows("refusals.jsonl")]
