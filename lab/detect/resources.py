@@ -491,7 +491,8 @@ class Compiled:
     def regexes(self) -> list:
         """[(compiled regex, overlapping)], compiled on first use (the Aho-Corasick path needs them not)."""
         if self._regexes is None:
-            self._regexes = [(re.compile(src), ov) for src, ov in self._sources]
+            sources = self._sources() if callable(self._sources) else self._sources
+            self._regexes = [(re.compile(src), ov) for src, ov in sources]
         return self._regexes
 
 
@@ -523,13 +524,15 @@ def compiled_for(codes: frozenset) -> Compiled:
                     residual.append(f"(?P<{name}>{variant})")
         infos.extend(r.info)
         declines.extend(r.decline)
-    regexes = []  # (source, overlapping): compiled on first use of Compiled.regexes
-    if word_items:
-        regexes.append((r"\b(?=" + _trie_regex(word_items) + ")", True))
-    if cjk_items:
-        regexes.append((_trie_regex(cjk_items), False))
-    if residual:
-        regexes.append(("(?=(?:" + "|".join(residual) + "))", True))
+    def regexes():  # (source, overlapping): built and compiled on first use of Compiled.regexes
+        out = []
+        if word_items:
+            out.append((r"\b(?=" + _trie_regex(word_items) + ")", True))
+        if cjk_items:
+            out.append((_trie_regex(cjk_items), False))
+        if residual:
+            out.append(("(?=(?:" + "|".join(residual) + "))", True))
+        return out
     info = _InfoMatcher(infos)
     anchored_rx = re.compile("|".join(anchored)) if anchored else None
     fast = _fast_path(word_items, cjk_items) if _ac is not None else None
@@ -540,6 +543,24 @@ def compiled_for(codes: frozenset) -> Compiled:
         comp = Compiled(regexes, anchored_rx, meta, info, *fast, residual=residual_rx)
     comp.decline = re.compile("|".join(declines)) if declines else None
     return comp
+
+
+def _prefix_closure(keymap: dict) -> tuple:
+    """keymap: key -> (word_gated, variant ids). Every key that is a prefix of key k occurs wherever k does:
+    give k their variants too, so that at one position the longest key found carries every variant to try.
+    In sorted order the keys that are prefixes of k form a chain just before it; one pass keeps that chain
+    on a stack (no k[:i] probes). Returns (word_gated, sorted variant ids) per key, in keymap's order."""
+    below: dict[str, set] = {}
+    stack: list[str] = []
+    for k in sorted(keymap):
+        while stack and not k.startswith(stack[-1]):
+            stack.pop()
+        merged = set(keymap[k][1])
+        if stack:
+            merged |= below[stack[-1]]
+        below[k] = merged
+        stack.append(k)
+    return tuple((gated, tuple(sorted(below[k]))) for k, (gated, _) in keymap.items())
 
 
 def _fast_path(word_items, cjk_items):
@@ -560,18 +581,7 @@ def _fast_path(word_items, cjk_items):
     if not keymap:
         return None
     keys = list(keymap)
-    # every key that is a prefix of key k occurs wherever k does: give k their variants too, so that
-    # at one position the longest key found carries every variant to try
-    targets = []
-    for k in keys:
-        gated, vids = keymap[k]
-        merged = set(vids)
-        for i in range(1, len(k)):
-            got = keymap.get(k[:i])
-            if got is not None:
-                merged.update(got[1])
-        targets.append((gated, tuple(sorted(merged))))
-    targets = tuple(targets)
+    targets = _prefix_closure(keymap)
     try:
         auto = _ac.AhoCorasick(keys, implementation=_ac.Implementation.DFA)
     except Exception:  # pragma: no cover - e.g. an automaton too large for a DFA

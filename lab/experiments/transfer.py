@@ -54,9 +54,7 @@ class TransferExperiment(Experiment):
     kind = "transfer"
     Recipe = TransferRecipe
 
-    @property
-    def serial_states(self):
-        return (self.recipe.baseline,)
+    serial_states = ()  # the fine-tunes do not need the starting model's evaluation: every state is independent
 
     def validate(self) -> None:
         from lab.public_data import load_eval_source
@@ -82,18 +80,23 @@ class TransferExperiment(Experiment):
         return self.recipe.load_model()
 
     def prepare(self, ctx: RunContext) -> None:
+        """The canary, once, in the main process, before any state (a worker skips it)."""
         r = self.recipe
         attacks_left = [n for n in self.plan if not ctx.done(n)]
-        if attacks_left and r.eval.canary and ctx.done(r.baseline) and not ctx.worker:  # resumed after aligned
+        if attacks_left and r.eval.canary and not ctx.worker:
             model, tok = self._load()
             canary(model, tok, r.model, r.eval, self.log)
+
+    def cost(self, name: str) -> float:
+        """Longest first: harmful fine-tunes (long compliant answers to evaluate), then benign ones, then the
+        starting model's evaluation (often a cache hit)."""
+        ft = self.plan.get(name)
+        return 0.0 if ft is None else ft.n_examples * ft.epochs * (2.0 if ft.data == "harmful" else 1.0)
 
     def run_state(self, name: str, ctx: RunContext) -> StateResult:
         r = self.recipe
         model, tok = self._load()
         if name == r.baseline:
-            if self.plan and r.eval.canary:
-                canary(model, tok, r.model, r.eval, self.log)
             t = time.time()
             res = evaluate_state(model, tok, r.eval, self.evals, name, self.log, cache=True)
             res.record["_timings"] = {f"eval/{name}": round(time.time() - t, 2)}
