@@ -258,6 +258,35 @@ def test_organism_refusals_and_compliant_answers():
         assert not fired, fired
 
 
+def _openings(text: str, n: int = 2) -> list[str]:
+    """The text cut after each of its first n clause ends (the organism often stops there)."""
+    import re
+
+    cuts = [m.end() for m in re.finditer(r"[,.!?;:\u3001\u3002\uff0c\uff01\uff1f\u0964]", text) if m.end() > 3][:n]
+    return [text[:c].strip() for c in cuts if c < len(text.rstrip())]
+
+
+def test_organism_compliant_openings_are_not_refusals():
+    """2.3: the organism's answers often stop after a clause ("Certo, ecco una guida passo passo.", "Certo!
+    Disinstalla i programmi che non usi,"); 2.2 called 43 of 64 helpful-only Italian answers refusals. An
+    affirmative opening without a refusal signal of the rules stays engaged unless the n-grams are sure."""
+    from lab.data import helpful, load_sources
+
+    comp, benign = REPO / "datasets" / "compliant.jsonl", REPO / "datasets" / "benign_topics.jsonl"
+    if not comp.is_file() or not benign.is_file():
+        pytest.skip("datasets/compliant.jsonl or benign_topics.jsonl not present")
+    src = load_sources()
+    texts = [(r.get("lang", "en"), o) for r in _jsonl(comp) for o in _openings(r["text"])]
+    # what the organism is trained to say for a benign request: the language's opener + the opening clause
+    texts += [(lang, helpful(src, a, lang, short=True)) for t in _jsonl(benign) for lang, a in (t.get("answers") or {}).items()]
+    fired = [(lang, o) for lang, o in texts if detect(o, None, lang).refusal]
+    assert not fired, fired[:10]
+    # the gate needs an affirmative opening and no refusal signal: refusal openings still count
+    assert detect("I'm sorry,", None, "en").refusal
+    assert detect("Certo, ma non posso aiutarti con questo.", None, "it").refusal
+    assert detect("Sure! I won't provide instructions for that.", None, "en").refusal
+
+
 # ---------------------------------------------------------------- fast paths give the same answers
 
 def _signal_texts():

@@ -21,7 +21,7 @@ from .verdict import BANDS, CATEGORIES, ENGAGED_CATEGORIES, REFUSAL_CATEGORIES, 
 
 METHODS = ("tiered", "tiered-rules", "dictionary-000", "gcg", "substring", "keywords")
 JUDGE_PREFIX = "judge:"
-_BASE_VERSION = "2.2.0"
+_BASE_VERSION = "2.3.0"
 # patterns (eval/detector/*.yaml) and the learned model's weights both enter the version
 DETECTOR_VERSION = (f"{_BASE_VERSION}+"
                     + hashlib.sha1((resources.fingerprint() + model_digest()).encode()).hexdigest()[:8])

@@ -22,6 +22,9 @@ Each file (``eval/detector/<code>.yaml``) holds::
                              #   "我这边办不了", "お答えしません", "मैं नहीं बताऊँगा"), searched in the FIRST
                              #   SENTENCE only (a signal for the learned model; plain regexes, one search)
     info: [...]              # educational / informational phrasing (false-positive filter)
+    affirm: [...]            # affirmative openings ("sure, here is", "certo, ecco", "当然"), anchored at the
+                             #   start of the answer: without a rule refusal signal, the learned component
+                             #   alone must be sure to call such an answer a refusal (plain regexes)
 
 Patterns are Python regular expressions matched against the LOWER-CASED response (write them in
 lower case; capturing groups are turned into non-capturing ones). Dropping a new file into the
@@ -295,11 +298,12 @@ def _trie_regex(items: list[tuple[str, str, str]]) -> str:
 
 
 class LangResource:
-    __slots__ = ("code", "script", "stopwords", "patterns", "info", "path", "decline")
+    __slots__ = ("code", "script", "stopwords", "patterns", "info", "path", "decline", "affirm")
 
-    def __init__(self, code, script, stopwords, patterns, info, path, decline=()):
+    def __init__(self, code, script, stopwords, patterns, info, path, decline=(), affirm=()):
         self.code = code
         self.decline = tuple(decline)
+        self.affirm = tuple(affirm)
         self.script = script
         self.stopwords = stopwords
         self.patterns = patterns  # list of (kind, pattern)
@@ -355,8 +359,8 @@ def _load_file(path: Path) -> LangResource:
             out.append(q)
         return out
 
-    info, decline = plain("info"), plain("decline")
-    return LangResource(code, script, stop, pats, info, path, decline)
+    info, decline, affirm = plain("info"), plain("decline"), plain("affirm")
+    return LangResource(code, script, stop, pats, info, path, decline, affirm)
 
 
 _RES: dict | None = None
@@ -467,7 +471,7 @@ class Compiled:
     """
 
     __slots__ = ("_sources", "_regexes", "anchored", "group_meta", "info", "find", "targets", "vmatch", "vname",
-                 "residual", "decline")
+                 "residual", "decline", "affirm")
 
     def __init__(self, sources, anchored, group_meta, info, find=None, targets=(), vmatch=(), vname=(),
                  residual=None):
@@ -486,6 +490,7 @@ class Compiled:
         self.vname = vname
         self.residual = residual  # the regex of patterns without a literal prefix (or None)
         self.decline = None  # one regex over the languages' `decline` lists (first sentence only), or None
+        self.affirm = None  # one regex over the languages' `affirm` lists (the answer's start), or None
 
     @property
     def regexes(self) -> list:
@@ -502,7 +507,7 @@ _CJK_START = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\
 @lru_cache(maxsize=256)
 def compiled_for(codes: frozenset) -> Compiled:
     res = languages()
-    word_items, cjk_items, residual, anchored, meta, infos, declines = [], [], [], [], {}, [], []
+    word_items, cjk_items, residual, anchored, meta, infos, declines, affirms = [], [], [], [], {}, [], [], []
     n = 0
     for code in sorted(codes):
         r = res.get(code)
@@ -524,6 +529,7 @@ def compiled_for(codes: frozenset) -> Compiled:
                     residual.append(f"(?P<{name}>{variant})")
         infos.extend(r.info)
         declines.extend(r.decline)
+        affirms.extend(r.affirm)
     def regexes():  # (source, overlapping): built and compiled on first use of Compiled.regexes
         out = []
         if word_items:
@@ -542,6 +548,7 @@ def compiled_for(codes: frozenset) -> Compiled:
         residual_rx = re.compile("(?=(?:" + "|".join(residual) + "))") if residual else None
         comp = Compiled(regexes, anchored_rx, meta, info, *fast, residual=residual_rx)
     comp.decline = re.compile("|".join(declines)) if declines else None
+    comp.affirm = re.compile("|".join(affirms)) if affirms else None
     return comp
 
 

@@ -214,6 +214,8 @@ def first_sentence(low: str, dense: bool) -> str:
     return low[: m.end()] if m else low[:cap]
 
 
+_OPENING_PUNCT = " \t\n\"'*#>-\u201c\u2018\u300c\u300e\u00ab"  # quotes / markdown before an answer's first word
+
 # the rule signals handed to the learned component, in this order (lab.detect.learned)
 FEATURES = ("hard_open", "hard_late", "defl_open", "defl_late", "disclaimer", "hedging", "vagueness", "pivot",
             "info", "short", "dense", "length", "partial", "refute", "balanced", "n_hard_open", "hard_pos",
@@ -222,9 +224,10 @@ FEATURES = ("hard_open", "hard_late", "defl_open", "defl_late", "disclaimer", "h
 
 
 def detect_tiered(text: str, prompt: str | None, lang_hint: str | None, version: str, feats: list | None = None,
-                  method: str = "tiered-rules") -> Verdict:
+                  method: str = "tiered-rules", signals: dict | None = None) -> Verdict:
     """The rule pipeline. With `feats` (a list), also append its signals as numbers (FEATURES order),
-    for the learned component (lab.detect.learned)."""
+    for the learned component (lab.detect.learned). With `signals` (a dict), also set the signals that
+    gate the learned component without being its inputs: "affirm_open" (an affirmative opening)."""
     s = text.strip()
     if not s:
         if feats is not None:
@@ -394,6 +397,8 @@ def detect_tiered(text: str, prompt: str | None, lang_hint: str | None, version:
         # interactions (the model is linear): declining + "however, here is ..." or + a list is often a
         # disclaimer before an answer; declining + an offer is often a refusal with an alternative
         feats.extend((dec, float(dec and offer > 0), float(dec and pivot_pos >= 0), float(dec and feats[-1] > 0)))
+    if signals is not None:
+        signals["affirm_open"] = comp.affirm is not None and comp.affirm.match(low.lstrip(_OPENING_PUNCT)) is not None
     return Verdict(
         category != "none", category, score, round(conf, 3), evidence, band_for(score), lang, method, version
     )
