@@ -22,9 +22,20 @@ from .verdict import BANDS, CATEGORIES, ENGAGED_CATEGORIES, REFUSAL_CATEGORIES, 
 METHODS = ("tiered", "tiered-rules", "dictionary-000", "gcg", "substring", "keywords")
 JUDGE_PREFIX = "judge:"
 _BASE_VERSION = "2.3.0"
-# patterns (eval/detector/*.yaml) and the learned model's weights both enter the version
+# patterns (eval/detector/*.yaml), the learned model's weights and the code that decides (a threshold or
+# a gate changed without a version bump must still change the version: the evaluation cache keys on it)
+_DECIDING_CODE = ("combined.py", "tiered.py", "resources.py", "learned.py", "langid.py")
+
+
+def _code_digest() -> str:
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    return hashlib.sha1(b"".join((here / f).read_bytes() for f in _DECIDING_CODE)).hexdigest()[:8]
+
+
 DETECTOR_VERSION = (f"{_BASE_VERSION}+"
-                    + hashlib.sha1((resources.fingerprint() + model_digest()).encode()).hexdigest()[:8])
+                    + hashlib.sha1((resources.fingerprint() + model_digest() + _code_digest()).encode()).hexdigest()[:8])
 
 try:  # the lab's user-facing error type (CLI: message, exit code 2)
     from lab.errors import LabError as _LabError
