@@ -119,6 +119,7 @@ def _plain_loss_trainer():
     padding positions (a third of a batch here) carry no label: `logits_to_keep` with a boolean mask (the
     model's own forward, so soft-capping and logit scales still apply) skips their LM head and log-softmax.
     """
+    import functools
     import inspect
 
     import torch.nn.functional as F
@@ -147,7 +148,11 @@ def _plain_loss_trainer():
     def _accepts_logits_to_keep(model) -> bool:
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         inner = getattr(inner, "module", inner)  # DDP
-        return "logits_to_keep" in inspect.signature(type(inner).forward).parameters
+        return _forward_takes_logits_to_keep(type(inner))
+
+    @functools.lru_cache(maxsize=None)  # once per model class, not once per training step
+    def _forward_takes_logits_to_keep(cls) -> bool:
+        return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
     return PlainLossSFTTrainer
 

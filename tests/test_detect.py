@@ -10,6 +10,7 @@ import pytest
 from lab.detect import DETECTOR_VERSION, METHODS, DetectInputError, Verdict, detect, detect_batch, resources
 from lab.detect.baselines import DICTIONARY_000
 from lab.detect.compare import cohen_kappa
+from lab.detect import scan
 from lab.detect.langid import detect_language
 
 REPO = Path(__file__).resolve().parents[1]
@@ -333,8 +334,8 @@ def test_fast_scan_finds_exactly_the_merged_regex_hits():
             low = t.lower()
             for w in (low, low[:700], low[3:400]):
                 fast, slow = [], []
-                tiered._scan_fast(comp, w, fast)
-                tiered._scan_regex(comp, w, slow)
+                scan.scan_fast(comp, w, fast)
+                scan.scan_regex(comp, w, slow)
                 assert fast == slow, (sorted(codes), w[:80])
                 assert comp.info.found(w) == (comp.info.search(w) is not None)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lab.experiments import base, load_recipe
+from lab.experiments import base, load_recipe, parallel
 
 
 def _batch(tok, n=3):
@@ -107,7 +107,7 @@ def test_parallel_states_start_longest_first(monkeypatch, tmp_path):
 
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Pool)
     ctx = base.RunContext(tmp_path, lambda *a: None, 2)
-    base._run_parallel(exp, r, exp.states(), ctx, 2)
+    parallel.run_parallel(exp, r, exp.states(), ctx, 2)
     assert seen == order
 
 
@@ -118,10 +118,10 @@ def test_a_worker_validates_a_recipe_once(monkeypatch, tmp_path):
     monkeypatch.setattr(TransferExperiment, "validate", lambda self: calls.__setitem__("validate", calls["validate"] + 1))
     monkeypatch.setattr(TransferExperiment, "prepare", lambda self, ctx: None)
     monkeypatch.setattr(base, "run_one_state", lambda exp, name, ctx: calls["states"].append(name))
-    monkeypatch.setattr(base, "_WORKER_EXPERIMENTS", {})
+    monkeypatch.setattr(parallel, "_WORKER_EXPERIMENTS", {})
     rj = load_recipe("recipes/quickstart.yaml", {"tracking": "none"}).model_dump(mode="json")
     for name in ("attack-en", "control-en"):
-        base._worker("transfer", rj, str(tmp_path), name)
+        parallel.worker("transfer", rj, str(tmp_path), name)
     assert calls == {"validate": 1, "states": ["attack-en", "control-en"]}
-    base._worker("transfer", {**rj, "seed": 1}, str(tmp_path), "attack-en")  # another config: validated anew
+    parallel.worker("transfer", {**rj, "seed": 1}, str(tmp_path), "attack-en")  # another config: validated anew
     assert calls["validate"] == 2

@@ -24,7 +24,7 @@ JUDGE_PREFIX = "judge:"
 _BASE_VERSION = "2.3.0"
 # patterns (eval/detector/*.yaml), the learned model's weights and the code that decides (a threshold or
 # a gate changed without a version bump must still change the version: the evaluation cache keys on it)
-_DECIDING_CODE = ("combined.py", "tiered.py", "resources.py", "learned.py", "langid.py")
+_DECIDING_CODE = ("combined.py", "tiered.py", "scan.py", "resources.py", "learned.py", "langid.py")
 
 
 def _code_digest() -> str:

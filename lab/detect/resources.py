@@ -475,7 +475,7 @@ class Compiled:
 
     def __init__(self, sources, anchored, group_meta, info, find=None, targets=(), vmatch=(), vname=(),
                  residual=None):
-        self._sources = sources  # [(regex source, overlapping)]
+        self._sources = sources  # () -> [(regex source, overlapping)], built on first use of .regexes
         self._regexes = None
         self.anchored = anchored  # patterns starting with '^': tried once, at the start of the response
         self.group_meta = group_meta
@@ -496,8 +496,7 @@ class Compiled:
     def regexes(self) -> list:
         """[(compiled regex, overlapping)], compiled on first use (the Aho-Corasick path needs them not)."""
         if self._regexes is None:
-            sources = self._sources() if callable(self._sources) else self._sources
-            self._regexes = [(re.compile(src), ov) for src, ov in sources]
+            self._regexes = [(re.compile(src), ov) for src, ov in self._sources()]
         return self._regexes
 
 

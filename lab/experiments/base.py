@@ -272,7 +272,9 @@ def run(recipe: RecipeBase, out_dir: Path | None = None, *, tracking: str | None
         distributed.barrier()
     rest = [n for n in todo if n not in serial]
     if rest:
-        _run_parallel(exp, recipe, rest, ctx, workers)
+        from lab.experiments.parallel import run_parallel
+
+        run_parallel(exp, recipe, rest, ctx, workers)
     if not main:
         distributed.barrier()                                 # rank 0 assembles and writes
         return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
@@ -346,41 +348,6 @@ def run_one_state(exp: Experiment, name: str, ctx: RunContext) -> None:
     write_jsonl(ctx.states_dir / f"{name}.generations.jsonl", res.generations)
     write_json(ctx.states_dir / f"{name}.json", {"record": res.record, "timings": {
         **res.record.pop("_timings", {}), f"state/{name}": round(time.time() - t, 2)}})
-
-
-_WORKER_EXPERIMENTS: dict[str, tuple] = {}  # per worker process: the validated experiment of a recipe
-
-
-def _worker(kind: str, recipe_json: dict, out: str, name: str) -> str:
-    from lab.experiments import KINDS
-    from lab.models import set_threads
-
-    set_threads()
-    key = json.dumps([kind, recipe_json, out], sort_keys=True)
-    if key not in _WORKER_EXPERIMENTS:  # validate and prepare once per process, not once per state
-        cls = KINDS[kind]
-        exp = cls(cls.Recipe.model_validate(recipe_json), log=lambda *a, **k: None)
-        exp.validate()
-        ctx = RunContext(Path(out), exp.log, 1, worker=True)
-        exp.prepare(ctx)
-        _WORKER_EXPERIMENTS.clear()
-        _WORKER_EXPERIMENTS[key] = (exp, ctx)
-    exp, ctx = _WORKER_EXPERIMENTS[key]
-    run_one_state(exp, name, ctx)
-    return name
-
-
-def _run_parallel(exp: Experiment, recipe: RecipeBase, names: list[str], ctx: RunContext, workers: int) -> None:
-    """Independent states in `workers` spawned processes (one torch thread each); same results as one.
-    The longest states start first (Experiment.cost), so no worker idles through a long last state."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    names = sorted(names, key=lambda n: -exp.cost(n))  # stable: equal costs keep the plan's order
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futs = [pool.submit(_worker, recipe.kind, recipe.model_dump(mode="json"), str(ctx.out_dir), n) for n in names]
-        for f in as_completed(futs):
-            ctx.log(f"  [{f.result()}] done (worker)")
 
 
 def _start_tracking(recipe: RecipeBase, out_dir: Path, mode: str | None):
