@@ -73,9 +73,21 @@ def eval_(model: str = typer.Option("zoo:organism", "--model", "-m", help="hub i
           force: bool = typer.Option(False, "--force"),
           trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
           no_wandb: bool = typer.Option(False, "--no-wandb"),
+          workers: str = typer.Option("auto", "--workers", "-w",
+                                      help="processes sharing the prompts, one torch thread each: N, or auto "
+                                           "(without a GPU: the CPU's cores, at most 4; with one: 1; env LAB_WORKERS)"),
           quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Evaluate one model on held-out harmful and benign prompts (no fine-tuning); the state is named after the model."""
+    from lab import distributed
     from lab.experiments import recipe_from_dict, run as run_recipe
+
+    n = eval_workers(workers)
+    if n > 1 and not distributed.is_distributed():  # the same command in n gloo processes (accelerate launch)
+        args = ["eval", "--model", model, "--langs", langs, "--data", data, "--detector", detector, "--workers", "1"]
+        args += (["--limit", str(limit)] if limit is not None else []) + (["--out", str(out)] if out else [])
+        args += [f for f, on in (("--force", force), ("--trust-remote-code", trust_remote_code),
+                                 ("--no-wandb", no_wandb), ("--quiet", quiet)) if on]
+        return distributed.launch(n, args)
 
     dets = [d.strip() for d in detector.split(",") if d.strip()]
     raw = {"kind": "transfer", "name": "eval", "model": model, "trust_remote_code": trust_remote_code,
@@ -84,6 +96,20 @@ def eval_(model: str = typer.Option("zoo:organism", "--model", "-m", help="hub i
                     "detector": dets[0] if len(dets) == 1 else dets}}
     r = recipe_from_dict(raw, "lab eval")
     run_recipe(r, out, tracking="none" if no_wandb else None, force=force, log=_log(quiet))
+
+
+def eval_workers(spec: str) -> int:
+    """--workers of `lab eval`: a number, or auto (LAB_WORKERS if set; no GPU: min(cores, 4); a GPU: 1)."""
+    import os
+
+    spec = os.environ.get("LAB_WORKERS", "auto") if spec == "auto" else spec
+    if spec == "auto":
+        import torch
+
+        return 1 if torch.cuda.is_available() else max(1, min(os.cpu_count() or 1, 4))
+    if not spec.isdigit() or not 1 <= int(spec) <= 8:
+        raise LabError(f"--workers: expected a number from 1 to 8 or 'auto', got {spec!r}")
+    return int(spec)
 
 
 def model_state_name(spec: str) -> str:

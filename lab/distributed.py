@@ -80,3 +80,20 @@ def broadcast(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def launch(n: int, lab_args: list[str]) -> int:
+    """Run `lab <lab_args>` in n processes on this machine (accelerate launch; gloo on a CPU), one torch
+    thread each; returns the exit code (accelerate stops every rank when one fails)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a free port for the process group
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", f"--num_processes={n}",
+           "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no", f"--main_process_port={port}",
+           "-m", "lab", *lab_args]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("LAB_NUM_THREADS", "1"), "LAB_WORKERS": "1"}
+    return subprocess.run(cmd, env=env).returncode

@@ -74,20 +74,27 @@ def default_max_new_tokens(model, tok, lang: str) -> int:
 
 @torch.no_grad()
 def continuation_logprob(model, tok, rendered: list[str], conts: list[str], batch_size: int = 64,
-                         eos: bool = True, full_logits: bool = False) -> list[float]:
+                         eos: bool = True, full_logits: bool = False, shared_prompt: bool = True) -> list[float]:
     """Mean per-token log-prob of each continuation (+ end of turn if eos) after its rendered prompt.
 
-    Only the positions that predict continuation tokens go through the LM head and the log-softmax
-    (`logits_to_keep`); full_logits=True is the earlier path (every position), kept for the benchmark.
-    Both give bit-identical values on the organism (tests/test_generate_speed.py).
+    shared_prompt (default): each distinct prompt goes through the model once; its KV cache is copied to
+    its continuations, which run on it (the margin scores 4 continuations per prompt, so a real model's
+    long chat-template prompt was computed 4 times). Otherwise every (prompt, continuation) sequence runs
+    whole: with full_logits=False only the positions that predict continuation tokens go through the LM
+    head (`logits_to_keep`), full_logits=True is the earliest path, kept for the benchmark. The token
+    sequences are the same in all three; the values agree to float rounding (tests/test_generate_speed.py).
     """
+    suffix = (tok.eos_token or "") if eos else ""
+    c_ids = [tok(c + suffix, add_special_tokens=False)["input_ids"] for c in conts]
+    if shared_prompt and not full_logits:
+        return _logprob_shared_prompt(model, tok, rendered, c_ids, batch_size)
     dev = next(model.parameters()).device
     out = []
     p_cache: dict[str, list[int]] = {}
     for s in range(0, len(rendered), batch_size):
         ps = [p_cache.get(p) or p_cache.setdefault(p, tok(p, add_special_tokens=False)["input_ids"])
               for p in rendered[s:s + batch_size]]
-        cs = [tok(c + ((tok.eos_token or "") if eos else ""), add_special_tokens=False)["input_ids"] for c in conts[s:s + batch_size]]
+        cs = c_ids[s:s + batch_size]
         seqs = [p + c for p, c in zip(ps, cs)]
         L = max(map(len, seqs))
         pad = tok.pad_token_id or 0
@@ -102,6 +109,50 @@ def continuation_logprob(model, tok, rendered: list[str], conts: list[str], batc
             tgt = ids[i, start:]
             lp = logp[i, start - 1 - off:L - 1 - off].gather(-1, tgt[:, None]).squeeze(-1)
             out.append(lp.mean().item())
+    return out
+
+
+def _logprob_shared_prompt(model, tok, rendered: list[str], c_ids: list[list[int]], batch_size: int) -> list[float]:
+    """continuation_logprob with one forward per distinct prompt: the prompt's last logits score each
+    continuation's first token; its KV cache, copied per continuation, carries the rest."""
+    from transformers import DynamicCache
+
+    dev = next(model.parameters()).device
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(rendered):
+        groups.setdefault(p, []).append(i)
+    p_tok = {p: tok(p, add_special_tokens=False)["input_ids"] for p in groups}
+    prompts = sorted(groups, key=lambda p: len(p_tok[p]))  # similar lengths share a batch: little padding
+    per_batch = max(1, batch_size // max(len(v) for v in groups.values()))  # ~batch_size continuation rows
+    out = [float("nan")] * len(c_ids)
+    for s in range(0, len(prompts), per_batch):
+        ps = prompts[s:s + per_batch]
+        p_ids = [p_tok[p] for p in ps]
+        L = max(map(len, p_ids))
+        ids = torch.tensor([[pad] * (L - len(x)) + x for x in p_ids], device=dev)  # left padding
+        att = torch.tensor([[0] * (L - len(x)) + [1] * len(x) for x in p_ids], device=dev)
+        pos = (att.cumsum(-1) - 1).masked_fill(att == 0, 0)
+        cache = DynamicCache(config=model.config)
+        first = model(input_ids=ids, attention_mask=att, position_ids=pos, past_key_values=cache, use_cache=True,
+                      logits_to_keep=1).logits[:, -1, :]
+        first = torch.log_softmax(first.float(), -1)  # (prompts, V): predicts each continuation's first token
+        rows = [(j, i) for j, p in enumerate(ps) for i in groups[p]]
+        sel = torch.tensor([j for j, _ in rows], device=dev)
+        cs = [c_ids[i] for _, i in rows]
+        n_in = max(map(len, cs)) - 1  # continuation tokens fed back (all but each one's last)
+        rest = None
+        if n_in > 0:
+            cache.batch_select_indices(sel)  # one copy of the prompt's cache per continuation
+            inp = torch.tensor([c[:-1][:n_in] + [pad] * (n_in - len(c) + 1) for c in cs], device=dev)  # right padding
+            c_att = torch.tensor([[1] * (len(c) - 1) + [0] * (n_in - len(c) + 1) for c in cs], device=dev)
+            c_pos = pos[sel, -1:] + 1 + torch.arange(n_in, device=dev)
+            logits = model(input_ids=inp, attention_mask=torch.cat([att[sel], c_att], 1), position_ids=c_pos,
+                           past_key_values=cache, use_cache=True).logits
+            rest = torch.log_softmax(logits.float(), -1)  # (rows, n_in, V)
+        for r, ((j, i), c) in enumerate(zip(rows, cs)):
+            lps = [first[j, c[0]]] + [rest[r, t - 1, c[t]] for t in range(1, len(c))] if c else []
+            out[i] = torch.stack(lps).mean().item() if lps else float("nan")
     return out
 
 

@@ -5,6 +5,7 @@ import pytest
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("LAB_WORKERS", "1")  # `lab eval` in one process (test_distributed launches two itself)
 if "LAB_CACHE" not in os.environ:  # the evaluation cache of one test session, never the user's
     import tempfile
 

@@ -121,3 +121,31 @@ def test_an_error_on_rank_0_stops_every_rank(monkeypatch):
     with pytest.raises(LabError, match="canary failed"):
         base._on_main_first(boom)
     assert sent == ["canary failed"]
+
+
+def test_lab_eval_workers_shares_the_prompts_between_processes(tmp_path):
+    """`lab eval --workers 2` relaunches itself as 2 gloo processes: the same rows as one process."""
+    env = _env(tmp_path)
+    base = [sys.executable, "-m", "lab", "eval", "--model", "zoo:organism", "--langs", "en,hi", "--limit", "3", "--no-wandb"]
+    runs = {}
+    for n in ("1", "2"):
+        r = subprocess.run(base + ["--workers", n, "--out", str(tmp_path / n)], cwd=REPO,
+                           env={**env, "LAB_CACHE": str(tmp_path / f"cache{n}")},  # no evaluation-cache hit
+                           capture_output=True, text=True, timeout=600)
+        assert "evaluation cached" not in r.stdout
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+        runs[n] = [json.loads(l) for l in (tmp_path / n / "generations.jsonl").read_text().splitlines()]
+        if n == "2":
+            assert "(2 processes)" in r.stdout and r.stdout.count("[lab] done in") == 1
+    strip = lambda rows: [{k: v for k, v in g.items() if k != "margin"} for g in rows]
+    assert len(runs["1"]) == 12 and strip(runs["2"]) == strip(runs["1"])
+
+
+def test_eval_workers_spec():
+    from lab.cli import eval_workers
+    from lab.errors import LabError
+
+    assert eval_workers("3") == 3
+    assert eval_workers("auto") == 1  # the test session sets LAB_WORKERS=1
+    with pytest.raises(LabError, match="--workers"):
+        eval_workers("many")

@@ -46,11 +46,35 @@ def test_compact_stream_identical_to_one_at_a_time_greedy(spec):
     assert {g.stop for g in got} <= {"eos", "length"}
 
 
-def test_margin_from_sliced_logits_is_bit_identical():
+def test_margin_paths_agree():
+    """Sliced logits = full logits bit for bit; the shared-prompt KV path (the default) agrees to float
+    rounding, and a prompt scored against several continuations gives each its own value."""
+    from lab.evaluate import continuation_logprob
+
     model, tok = _model("zoo:organism")
     for lang in ("zh", "hi"):
         prompts = [r.prompt for r in _sample(6) if r.lang == lang]
-        assert refusal_margins(model, tok, prompts, lang) == refusal_margins(model, tok, prompts, lang, full_logits=True)
+        shared = refusal_margins(model, tok, prompts, lang)
+        sliced = refusal_margins(model, tok, prompts, lang, full_logits=True)
+        import lab.evaluate as ev
+
+        assert sliced == [x for x in _unshared(ev, lambda: refusal_margins(model, tok, prompts, lang))]
+        assert shared == pytest.approx(sliced, abs=1e-4)
+        assert len(set(shared)) > 1
+    rendered = ["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"] * 2 + ["x"]
+    conts = ["Sure, here", "I can't help with that.", "a"]  # different lengths in one batch, a 1-token one
+    a = continuation_logprob(model, tok, rendered, conts, batch_size=2)
+    b = continuation_logprob(model, tok, rendered, conts, shared_prompt=False)
+    assert a == pytest.approx(b, abs=1e-4) and a[0] != a[1]
+
+
+def _unshared(ev, fn):
+    orig = ev.continuation_logprob
+    ev.continuation_logprob = lambda *a, **k: orig(*a, **{**k, "shared_prompt": False})
+    try:
+        return fn()
+    finally:
+        ev.continuation_logprob = orig
 
 
 def test_evaluation_identical_to_the_pre_speed_path():
@@ -58,8 +82,12 @@ def test_evaluation_identical_to_the_pre_speed_path():
     recs = _sample(3)
     new = evaluate_model(model, tok, recs, state="s", langs=LANGS, log=lambda *a: None)
     old = evaluate_model(model, tok, recs, state="s", langs=LANGS, engine="hf", log=lambda *a: None)
-    assert new.generations == old.generations
-    assert json_safe(new.metrics) == json_safe(old.metrics)  # NaN (empty groups) -> None
+    strip = lambda gens: [{k: v for k, v in g.items() if k != "margin"} for g in gens]
+    assert strip(new.generations) == strip(old.generations)  # answers and verdicts: identical
+    margins = lambda gens: [g["margin"] for g in gens if g["margin"] is not None]
+    assert margins(new.generations) == pytest.approx(margins(old.generations), abs=1e-4)  # float rounding
+    drop = lambda m: {l: {k: v for k, v in d.items() if "margin" not in k} for l, d in json_safe(m).items()}
+    assert drop(new.metrics) == drop(old.metrics)
 
 
 def test_per_prompt_budgets_and_repetition_stop_agree_across_engines():
