@@ -35,7 +35,9 @@ class BoosterStep:
 
     @staticmethod
     def _loss(model, b):
-        return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
+        from lab.zoo.organism import labelled_loss  # the labels= loss, LM head at labelled positions only
+
+        return labelled_loss(model, b)
 
     def __call__(self, model: nn.Module, batch: dict) -> torch.Tensor:
         params = [p for p in model.parameters() if p.requires_grad]

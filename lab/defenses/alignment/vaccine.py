@@ -42,7 +42,9 @@ class VaccineStep:
         self.last_grads: dict[int, torch.Tensor] = {}
 
     def _loss(self, model, batch):
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        from lab.zoo.organism import labelled_loss  # the labels= loss, LM head at labelled positions only
+
+        return labelled_loss(model, batch)
 
     def __call__(self, model: nn.Module, batch: dict) -> torch.Tensor:
         mods = attention_modules(model)
