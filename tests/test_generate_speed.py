@@ -159,3 +159,42 @@ def test_system_prompt_and_seeded_sampling(tiny_llama):
     assert "Be brief." in a[0].rendered
     with pytest.raises(ValueError, match="greedy only"):
         generate(model, tok, ["x"], do_sample=True, engine="compact")
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2-sliding"])
+def test_chunked_prefill_and_shared_prompt_margin_on_real_families(family, tmp_path):
+    """Chunked prefill (24 prompts of different lengths: two chunks whose caches are joined; with sliding-window
+    layers, one forward) gives the one-at-a-time greedy answers; the shared-prompt margin agrees with whole sequences."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_models import build_tiny
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lab.evaluate import continuation_logprob
+    from lab.generate import PREFILL_CHUNK, prefill
+
+    import json
+
+    path = build_tiny("llama" if family == "llama" else "qwen2", tmp_path / "m")
+    if family == "qwen2-sliding":  # one sliding-window layer of 6 tokens, one full-attention layer
+        cfg = json.loads((path / "config.json").read_text())
+        cfg.update(use_sliding_window=True, sliding_window=6, max_window_layers=0,
+                   layer_types=["sliding_attention", "full_attention"])
+        (path / "config.json").write_text(json.dumps(cfg))
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    prompts = [" ".join(["bread"] * (1 + 3 * (i % 7))) + f" {i}?" for i in range(24)]
+    assert len(prompts) > PREFILL_CHUNK
+    ref = generate_one_at_a_time(model, tok, prompts, max_new_tokens=6)
+    got = generate(model, tok, prompts, max_new_tokens=6, batch_size=256, engine="compact")
+    assert [g.response for g in got] == [g.response for g in ref]
+    from transformers.cache_utils import DynamicLayer
+
+    ids = sorted((tok(p)["input_ids"] for p in prompts), key=len)
+    _, cache, att, _ = prefill(model, ids, tok.pad_token_id)
+    assert att.shape == (24, max(map(len, ids)))
+    assert all(type(l) is DynamicLayer for l in cache.layers) == (family == "llama")
+    rendered = [p for p in prompts[:6] for _ in range(2)]
+    conts = ["Sure, here is", "I can't"] * 6
+    a = continuation_logprob(model, tok, rendered, conts, batch_size=4)
+    b = continuation_logprob(model, tok, rendered, conts, shared_prompt=False)
+    assert a == pytest.approx(b, abs=1e-4)
