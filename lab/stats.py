@@ -1,10 +1,10 @@
-"""Statistics the lab reports, from scipy and statsmodels (no hand-written tables).
+"""Statistics the lab reports, from scipy (no hand-written tables).
 
 - :func:`wilson_interval` -- Wilson score interval for k successes out of n (a rate over prompts);
   ``scipy.stats.binomtest(k, n).proportion_ci(method="wilson")``.
 - :func:`t_interval` / :func:`mean_ci` -- mean and Student-t interval over replicates (seeds);
   critical value ``scipy.stats.t.ppf``, any n (no z = 1.96 fallback).
-- :func:`cohen_kappa` -- agreement of two binary judges; ``statsmodels.stats.inter_rater.cohens_kappa``.
+Agreement of two binary judges (Cohen's kappa, confusion matrix): lab.detect.compare (scikit-learn).
 
 The libraries are imported on first use: ``import lab.metrics`` stays cheap for the CLI.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-__all__ = ["wilson_interval", "t_critical", "t_interval", "mean_ci", "cohen_kappa"]
+__all__ = ["wilson_interval", "t_critical", "t_interval", "mean_ci"]
 
 
 def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -69,26 +69,3 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, Any]
         return {"mean": m, "ci95": None, "half_width": None, "sd": None, "n": n, "values": values}
     hw = t_critical(n - 1, confidence) * sd / math.sqrt(n)
     return {"mean": m, "ci95": [m - hw, m + hw], "half_width": hw, "sd": sd, "n": n, "values": values}
-
-
-def cohen_kappa(a: Sequence[bool], b: Sequence[bool]) -> float | None:
-    """Cohen's kappa of two equally long sequences of binary decisions (rounded to 4 places).
-
-    None for empty input. When both judges give one and the same answer everywhere, kappa is
-    undefined (expected agreement 1); that case returns 1.0 (perfect agreement) as the lab always has.
-    """
-    a, b = [bool(x) for x in a], [bool(x) for x in b]
-    if len(a) != len(b):
-        raise ValueError(f"cohen_kappa: sequences differ in length: {len(a)} vs {len(b)}")
-    if not a:
-        return None
-    table = [[0, 0], [0, 0]]
-    for x, y in zip(a, b):
-        table[int(x)][int(y)] += 1
-    n = len(a)
-    pa, pb = sum(a) / n, sum(b) / n
-    if pa * pb + (1 - pa) * (1 - pb) >= 1.0:  # both give one same answer: statsmodels divides by 0
-        return 1.0
-    from statsmodels.stats.inter_rater import cohens_kappa
-
-    return round(float(cohens_kappa(table, return_results=False)), 4)

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from lab import metrics
-from lab.stats import cohen_kappa, mean_ci, t_critical, t_interval, wilson_interval
+from lab.stats import mean_ci, t_critical, t_interval, wilson_interval
 
 
 def test_wilson_matches_hand_computed_values():
@@ -42,16 +42,6 @@ def test_mean_ci():
     assert s["ci95"] == [pytest.approx(0.2 - s["half_width"]), pytest.approx(0.2 + s["half_width"])]
     one = mean_ci([0.5])
     assert one["ci95"] is None and one["half_width"] is None and one["n"] == 1
-
-
-def test_cohen_kappa():
-    # po = 0.75, pe = 0.5*0.25 + 0.5*0.75 = 0.5 -> kappa = 0.5
-    assert cohen_kappa([1, 1, 0, 0], [1, 0, 0, 0]) == 0.5
-    assert cohen_kappa([1, 0, 1, 0], [0, 1, 0, 1]) == -1.0
-    assert cohen_kappa([True] * 3, [True] * 3) == 1.0  # degenerate: same single answer throughout
-    assert cohen_kappa([], []) is None
-    with pytest.raises(ValueError):
-        cohen_kappa([1], [1, 0])
 
 
 def test_metrics_uses_the_library_intervals():
