@@ -81,20 +81,22 @@ def eval_(model: str = typer.Option("zoo:organism", "--model", "-m", help="hub i
     from lab import distributed
     from lab.experiments import recipe_from_dict, run as run_recipe
 
-    n = eval_workers(workers)
-    if n > 1 and not distributed.is_distributed():  # the same command in n gloo processes (accelerate launch)
-        args = ["eval", "--model", model, "--langs", langs, "--data", data, "--detector", detector, "--workers", "1"]
-        args += (["--limit", str(limit)] if limit is not None else []) + (["--out", str(out)] if out else [])
-        args += [f for f, on in (("--force", force), ("--trust-remote-code", trust_remote_code),
-                                 ("--no-wandb", no_wandb), ("--quiet", quiet)) if on]
-        return distributed.launch(n, args)
-
     dets = [d.strip() for d in detector.split(",") if d.strip()]
     raw = {"kind": "transfer", "name": "eval", "model": model, "trust_remote_code": trust_remote_code,
            "baseline": model_state_name(model),
            "eval": {"data": data, "langs": [l.strip() for l in langs.split(",") if l.strip()], "limit": limit,
                     "detector": dets[0] if len(dets) == 1 else dets}}
     r = recipe_from_dict(raw, "lab eval")
+    n = eval_workers(workers)
+    if n > 1 and not distributed.is_distributed():  # the same command in n gloo processes
+        from lab.experiments import experiment_for
+
+        experiment_for(r, _log(True)).validate()  # bad input: one clear error before any process starts
+        args = ["eval", "--model", model, "--langs", langs, "--data", data, "--detector", detector, "--workers", "1"]
+        args += (["--limit", str(limit)] if limit is not None else []) + (["--out", str(out)] if out else [])
+        args += [f for f, on in (("--force", force), ("--trust-remote-code", trust_remote_code),
+                                 ("--no-wandb", no_wandb), ("--quiet", quiet)) if on]
+        return distributed.launch(n, args)
     run_recipe(r, out, tracking="none" if no_wandb else None, force=force, log=_log(quiet))
 
 

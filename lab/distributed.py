@@ -83,17 +83,36 @@ def broadcast(obj):
 
 
 def launch(n: int, lab_args: list[str]) -> int:
-    """Run `lab <lab_args>` in n processes on this machine (accelerate launch; gloo on a CPU), one torch
-    thread each; returns the exit code (accelerate stops every rank when one fails)."""
+    """Run `lab <lab_args>` as n processes of one gloo/NCCL group on this machine (the torchrun environment:
+    RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), one torch thread each. Returns the first non-zero exit
+    code (the other ranks are stopped) or 0. The ranks print their own errors; no launcher traceback."""
     import socket
     import subprocess
     import sys
+    import time
 
     with socket.socket() as s:  # a free port for the process group
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", f"--num_processes={n}",
-           "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no", f"--main_process_port={port}",
-           "-m", "lab", *lab_args]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("LAB_NUM_THREADS", "1"), "LAB_WORKERS": "1"}
-    return subprocess.run(cmd, env=env).returncode
+    base = {**os.environ, "OMP_NUM_THREADS": os.environ.get("LAB_NUM_THREADS", "1"), "LAB_WORKERS": "1",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(n), "LOCAL_WORLD_SIZE": str(n)}
+    procs = [subprocess.Popen([sys.executable, "-m", "lab", *lab_args],
+                              env={**base, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(n)]
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            bad = [c for c in codes if c not in (None, 0)]
+            if bad or all(c == 0 for c in codes):
+                break
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        bad = [130]
+    for p in procs:  # one rank failed (or Ctrl-C): the others would wait for it forever
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    return bad[0] if bad else 0

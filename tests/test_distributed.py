@@ -149,3 +149,11 @@ def test_eval_workers_spec():
     assert eval_workers("auto") == 1  # the test session sets LAB_WORKERS=1
     with pytest.raises(LabError, match="--workers"):
         eval_workers("many")
+
+
+def test_lab_eval_workers_bad_input_is_one_clear_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "lab", "eval", "--model", str(tmp_path / "nope"), "--workers", "2",
+                        "--no-wandb", "--out", str(tmp_path / "o")], cwd=REPO, env=_env(tmp_path),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr + r.stdout
+    assert r.stderr.count("error: model") == 1 and not (tmp_path / "o").exists()
