@@ -128,7 +128,7 @@ def prefill(model, seqs: list[list[int]], pad: int, chunk: int = PREFILL_CHUNK):
     """Run length-sorted prompts through the model: (last logits (B, V), KV cache, attention mask, positions),
     all left-padded to the longest prompt. Rows go through in chunks of `chunk` rows, so a short prompt does
     not pay for the longest one's padding (a batch of SmolLM2's chat prompts was half padding: prefill 58 s
-    -> ~30 s, the same answers); the chunks' caches are left-padded with zeros (masked out) and joined.
+    -> ~36 s, the same answers); the chunks' caches are left-padded with zeros (masked out) and joined.
     Where a cache layer is not a plain full-attention DynamicLayer (sliding windows): one forward."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
