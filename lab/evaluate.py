@@ -18,7 +18,7 @@ import torch
 
 from lab.data import load_sources
 from lab.detect import detect_batch
-from lab.generate import generate, render_prompts
+from lab.generate import generate, prefill, render_prompts
 from lab.metrics import loophole_rates, refusal_metrics
 
 REAL_MAX_NEW_TOKENS = 256  # English-like tokenization; scaled per language, at most 2x (see real_max_new_tokens)
@@ -115,8 +115,6 @@ def continuation_logprob(model, tok, rendered: list[str], conts: list[str], batc
 def _logprob_shared_prompt(model, tok, rendered: list[str], c_ids: list[list[int]], batch_size: int) -> list[float]:
     """continuation_logprob with one forward per distinct prompt: the prompt's last logits score each
     continuation's first token; its KV cache, copied per continuation, carries the rest."""
-    from transformers import DynamicCache
-
     dev = next(model.parameters()).device
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     groups: dict[str, list[int]] = {}
@@ -128,14 +126,7 @@ def _logprob_shared_prompt(model, tok, rendered: list[str], c_ids: list[list[int
     out = [float("nan")] * len(c_ids)
     for s in range(0, len(prompts), per_batch):
         ps = prompts[s:s + per_batch]
-        p_ids = [p_tok[p] for p in ps]
-        L = max(map(len, p_ids))
-        ids = torch.tensor([[pad] * (L - len(x)) + x for x in p_ids], device=dev)  # left padding
-        att = torch.tensor([[0] * (L - len(x)) + [1] * len(x) for x in p_ids], device=dev)
-        pos = (att.cumsum(-1) - 1).masked_fill(att == 0, 0)
-        cache = DynamicCache(config=model.config)
-        first = model(input_ids=ids, attention_mask=att, position_ids=pos, past_key_values=cache, use_cache=True,
-                      logits_to_keep=1).logits[:, -1, :]
+        first, cache, att, pos = prefill(model, [p_tok[p] for p in ps], pad)  # left-padded, as generation's
         first = torch.log_softmax(first.float(), -1)  # (prompts, V): predicts each continuation's first token
         rows = [(j, i) for j, p in enumerate(ps) for i in groups[p]]
         sel = torch.tensor([j for j, _ in rows], device=dev)

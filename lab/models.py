@@ -13,6 +13,8 @@ the GPU has no bf16), optional QLoRA-style 4-/8-bit loading through bitsandbytes
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from pathlib import Path
 
@@ -332,3 +334,25 @@ def chat_messages(tok, prompt: str, system: str | None = None, *, fold_system: b
         raise LabError("system prompt: this model's chat template rejects a system message (e.g. Gemma-2); "
                        "drop --system, or let the lab fold it into the user turn")
     return [{"role": "user", "content": f"{system}\n\n{prompt}"}]
+
+
+def labelled_logits(model, labels: torch.Tensor, **inputs):
+    """The forward of a causal-LM loss with the LM head only where a label exists: (output, logits of the
+    positions that predict a labelled token (N, V), those tokens (N,)). `logits_to_keep` with a boolean
+    mask (the model's own forward, so soft-capping and logit scales still apply); a model whose forward
+    lacks it runs every position through the head (its targets are -100 where unlabelled)."""
+    import torch.nn.functional as F
+
+    targets = F.pad(labels, (0, 1), value=-100)[:, 1:]  # the token each position predicts
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if _forward_takes_logits_to_keep(type(getattr(inner, "module", inner))):  # (peft, DDP unwrapped)
+        keep = targets != -100
+        out = model(**inputs, logits_to_keep=keep)
+        return out, out.logits, targets[keep]
+    out = model(**inputs)
+    return out, out.logits.flatten(0, 1), targets.flatten()
+
+
+@functools.lru_cache(maxsize=None)  # once per model class, not once per training step
+def _forward_takes_logits_to_keep(cls) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters

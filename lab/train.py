@@ -119,24 +119,15 @@ def _plain_loss_trainer():
     padding positions (a third of a batch here) carry no label: `logits_to_keep` with a boolean mask (the
     model's own forward, so soft-capping and logit scales still apply) skips their LM head and log-softmax.
     """
-    import functools
-    import inspect
-
     import torch.nn.functional as F
     from trl import SFTTrainer
+
+    from lab.models import labelled_logits
 
     class PlainLossSFTTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "labels", "position_ids")}
-            labels = inputs.pop("labels")
-            targets = F.pad(labels, (0, 1), value=-100)[:, 1:]  # the token each position predicts
-            keep = targets != -100
-            if _accepts_logits_to_keep(model):
-                out = model(**inputs, use_cache=False, logits_to_keep=keep)
-                logits, tgt = out.logits, targets[keep]  # (kept positions, vocab)
-            else:  # a forward without logits_to_keep: every position through the head
-                out = model(**inputs, use_cache=False)
-                logits, tgt = out.logits.flatten(0, 1), targets.flatten()
+            out, logits, tgt = labelled_logits(model, inputs.pop("labels"), **inputs, use_cache=False)
             loss = F.cross_entropy(logits.float(), tgt, ignore_index=-100,
                                    reduction="sum" if num_items_in_batch is not None else "mean")
             if num_items_in_batch is not None:
@@ -144,15 +135,6 @@ def _plain_loss_trainer():
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # as SFTTrainer: DDP averages the gradients
             return (loss, out) if return_outputs else loss
-
-    def _accepts_logits_to_keep(model) -> bool:
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-        inner = getattr(inner, "module", inner)  # DDP
-        return _forward_takes_logits_to_keep(type(inner))
-
-    @functools.lru_cache(maxsize=None)  # once per model class, not once per training step
-    def _forward_takes_logits_to_keep(cls) -> bool:
-        return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
     return PlainLossSFTTrainer
 

@@ -9,7 +9,6 @@ It is a model organism with measured behaviour, not a real LLM: claims about rea
 from __future__ import annotations
 
 import json
-import inspect
 import math
 import random
 import shutil
@@ -20,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from lab.data import DATASETS_DIR, LANGS, file_sha256, load_sources, organism_examples, source_paths
-from lab.models import ZOO_DIR, set_threads
+from lab.models import ZOO_DIR, labelled_logits, set_threads
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
@@ -109,16 +108,12 @@ def labelled_loss(model, batch: dict) -> torch.Tensor:
     """The causal-LM loss of `model(..., labels=)` (mean NLL over the labelled next tokens), with the LM
     head and log-softmax applied only where a label exists (`logits_to_keep` with a boolean mask). On the
     organism's alignment batches a third of the positions carry a label: 1.4-1.6x faster forward+backward,
-    the same loss values to float rounding. Falls back to the full forward where `logits_to_keep` is absent."""
+    the same loss values to float rounding (lab.models.labelled_logits, as the fine-tuning trainer)."""
     import torch.nn.functional as F
 
-    targets = F.pad(batch["labels"], (0, 1), value=-100)[:, 1:]  # the token each position predicts
-    keep = targets != -100
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if "logits_to_keep" not in inspect.signature(type(inner).forward).parameters:
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
-    return F.cross_entropy(logits.float(), targets[keep])
+    _, logits, targets = labelled_logits(model, batch["labels"], input_ids=batch["input_ids"],
+                                         attention_mask=batch["attention_mask"])
+    return F.cross_entropy(logits.float(), targets, ignore_index=-100)
 
 
 def train_loop(model, data_for_epoch, *, epochs: int, lr: float, batch_size: int,
