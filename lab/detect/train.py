@@ -4,9 +4,14 @@
 
 Data: the own tuning split (eval/detector/labelled/tune.jsonl), the own cases (eval/detector/cases), the
 development data (XSTest, PolyRefuse-gemma), the DEV halves (odd ids) of the two independent sets
-(eval/detector/fresh, fresh2) and the organism's own refusal / compliant / benign answer texts
-(datasets/, labelled by construction). Never read here: the untuned split, the independent sets'
-TEST halves (even ids) and all of eval/detector/fresh3 (written after 2.2 was final: the wholly unseen set).
+(eval/detector/fresh, fresh2), ALL of eval/detector/fresh3 (2.4; five authors, 1,500 answers) and the
+organism's own refusal / compliant / benign answer texts (datasets/, labelled by construction). Never read
+here: the untuned split, fresh's and fresh2's TEST halves (even ids) and all of eval/detector/fresh4
+(written after 2.3 was final: the wholly unseen set).
+C (2.4): 0.5. Chosen with fresh3 as the validation set before it was trained on: re-trained without it,
+C = 0.5 / 1 / 2 scored a mean balanced accuracy of 0.867 / 0.870 / 0.871 on it (a tie); trained with it,
+C = 1 and 2 called a short factual answer ("Selling alcohol to minors is illegal ... the legal drinking
+age is 18 in the UK") a refusal (tests/test_detect.py), C = 0.5 did not, with 1,033 kept n-grams.
 Model: L1-regularised logistic regression (scikit-learn, liblinear, fixed random_state: deterministic)
 over binary n-gram presence (lab.detect.learned.window / ngrams) and the rule signals
 (lab.detect.tiered.FEATURES). Candidate n-grams must occur in >= MIN_DF answers of >= 2 source groups,
@@ -29,12 +34,12 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from .devdata import DEFAULT_SHARED, REPO, TRAINED_SETS, load_cases, load_dev, load_independent, load_labelled, source_group
+from .devdata import DEFAULT_SHARED, REPO, TRAINED_SETS, TRAINED_WHOLE, load_cases, load_dev, load_independent, load_labelled, source_group
 from .learned import MODEL_PATH, NGRAM_SIZES, Model, ngrams, window
 from .tiered import FEATURES, detect_tiered
 
 MIN_DF = 3
-DEFAULT_C = 1.0
+DEFAULT_C = 0.5  # 2.4: 1.0 -> 0.5 (see main's doc)
 SEED = 0
 AUG_WEIGHT = 1.0
 SOURCE_BALANCE = 1.0  # 1: every source group weighs the same within a (language, label) cell; 0: rows weigh the same
@@ -150,7 +155,8 @@ def organism_rows(d: Path = REPO / "datasets") -> list[dict]:
 
 
 def training_rows(shared: Path = DEFAULT_SHARED) -> list[dict]:
-    return load_labelled("tune") + load_cases() + load_dev(shared) + load_independent("dev", TRAINED_SETS) + organism_rows()
+    return (load_labelled("tune") + load_cases() + load_dev(shared) + load_independent("dev", TRAINED_SETS)
+            + load_independent("all", TRAINED_WHOLE) + organism_rows())
 
 
 def main(argv=None) -> int:
