@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from lab.detect import DETECTOR_VERSION, METHODS, detect  # noqa: E402
 from lab.detect.combined import detect_default  # noqa: E402
-from lab.detect.devdata import LANGS, load_dev, load_independent, load_labelled, source_group  # noqa: E402
+from lab.detect.devdata import HELD_OUT_WHOLE, LANGS, load_dev, load_independent, load_labelled, source_group  # noqa: E402
 
 LOSO_GROUPS = ("fresh3", "fresh2-dev", "fresh-dev", "own-tune", "polyrefuse", "xstest", "cases")
 
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
         print(table(res))
         return 0
     fresh, fresh2 = load_independent("test", ("fresh",)), load_independent("test", ("fresh2",))
-    fresh4 = load_independent("all", ("fresh4",))  # held out whole: both halves
+    fresh4 = load_independent("all", HELD_OUT_WHOLE)  # held out whole: both halves
     for key, rows, what in (("fresh", fresh, "fresh (2 authors)"), ("fresh2", fresh2, "fresh2 (5 authors)"),
                             ("fresh4", fresh4, "fresh4 (5 authors; ALL of it: written after 2.3, never fit on)"),
                             ("independent", fresh + fresh2 + fresh4, "all together")):

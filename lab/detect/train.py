@@ -39,7 +39,7 @@ from .learned import MODEL_PATH, NGRAM_SIZES, Model, ngrams, window
 from .tiered import FEATURES, detect_tiered
 
 MIN_DF = 3
-DEFAULT_C = 0.5  # 2.4: 1.0 -> 0.5 (see main's doc)
+DEFAULT_C = 0.5  # 2.4: 1.0 -> 0.5 (see the module doc)
 SEED = 0
 AUG_WEIGHT = 1.0
 SOURCE_BALANCE = 1.0  # 1: every source group weighs the same within a (language, label) cell; 0: rows weigh the same
