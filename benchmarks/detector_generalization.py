@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from lab.detect import DETECTOR_VERSION, METHODS, detect  # noqa: E402
 from lab.detect.combined import detect_default  # noqa: E402
-from lab.detect.devdata import HELD_OUT_WHOLE, LANGS, load_dev, load_independent, load_labelled, source_group  # noqa: E402
+from lab.detect.devdata import HELD_OUT_WHOLE, INDEPENDENT_SETS, LANGS, load_dev, load_independent, load_labelled, source_group  # noqa: E402
 
 LOSO_GROUPS = ("fresh3", "fresh2-dev", "fresh-dev", "own-tune", "polyrefuse", "xstest", "cases")
 
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "detector_generalization.json"))
     ap.add_argument("--no-loso", action="store_true")
-    ap.add_argument("--only", default=None, help="print one independent set's table only (fresh, fresh2, fresh3, fresh4)")
+    ap.add_argument("--only", default=None, help=f"print one independent set's table only ({', '.join(INDEPENDENT_SETS)})")
     ap.add_argument("--half", default="test", choices=["dev", "test", "all"])
     a = ap.parse_args(argv)
     methods = list(METHODS)

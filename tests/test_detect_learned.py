@@ -207,12 +207,12 @@ def test_training_data_sources():
     # trained: fresh/fresh2 dev halves and (2.4) all of fresh3; never: their test halves, nor any of fresh4
     assert {"fresh2-dev", "fresh3-dev", "fresh3-test"} <= set(srcs)
     assert not {"fresh-test", "fresh2-test", "fresh4-test", "fresh4-dev"} & set(srcs)
-    from lab.detect.devdata import HELD_OUT_WHOLE
+    from lab.detect.devdata import HELD_OUT_WHOLE, TRAINED_SETS
     from lab.detect.train import training_rows
 
     rows = training_rows()  # what `python -m lab.detect.train` would fit on now
     assert not any(r["source"].split("-")[0] in HELD_OUT_WHOLE
-                   or (r["source"].endswith("-test") and r["source"].split("-")[0] in ("fresh", "fresh2"))
+                   or (r["source"].endswith("-test") and r["source"].split("-")[0] in TRAINED_SETS)
                    for r in rows)
 
 
