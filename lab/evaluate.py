@@ -178,7 +178,7 @@ def evaluate_model(model, tok, eval_records, *, state: str, langs, max_new_token
                    batch_size: int | None = None, detector: str = "tiered", margin: bool = True, log=print,
                    system: str | None = None, do_sample: bool = False, temperature: float = 1.0,
                    top_p: float | None = None, seed: int = 0, repetition_stop="auto", engine: str = "auto",
-                   cache=None) -> EvalResult:
+                   cache=None, shard: tuple[int, int] | None = None) -> EvalResult:
     """Generate for every evaluation prompt, judge with the shared detector, aggregate per language.
 
     max_new_tokens None: the organism's target-sized budget per language, 256-512 for other models.
@@ -187,11 +187,20 @@ def evaluate_model(model, tok, eval_records, *, state: str, langs, max_new_token
     batch_size None: 256 rows for the compact (greedy) engine, 64 for transformers' generate.
     engine: "auto" | "compact" | "hf" (the pre-speed-work path, for comparisons).
     cache: None, True (LAB_CACHE or ~/.cache/lab/eval), a directory, or a lab.eval_cache.EvalCache.
+    shard: (k, n) — only every n-th prompt from the k-th (greedy only; no cache, no metrics): the rows of one
+    of n worker processes; `merge_shards` puts the n parts back together with the state's metrics.
     """
     langs = [l for l in langs if any(r.lang == l for r in eval_records)]
     settings = generation_settings(model, tok, langs, max_new_tokens=max_new_tokens, system=system,
                                    do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed,
                                    repetition_stop=repetition_stop)
+    if shard is not None:
+        k, n = shard
+        if do_sample or not 0 <= k < n:
+            raise ValueError(f"shard {shard}: needs greedy decoding and 0 <= k < n")
+        ordered = [r for l in langs for r in eval_records if r.lang == l][k::n]
+        rows = [row for _, row in _rows(model, tok, ordered, state, langs, settings, batch_size, detector, margin, engine)]
+        return EvalResult(state, rows, {})
     if cache is not None and cache is not False:
         from lab.eval_cache import cached_evaluation
 
@@ -258,6 +267,19 @@ def _rows(model, tok, eval_records, state, langs, settings, batch_size, detector
                 "evidence": v.evidence, "detector": v.method, "detector_version": v.version,
             }))
     return rows
+
+
+def merge_shards(state: str, parts: list[list[dict]], log=print) -> EvalResult:
+    """The rows of shards (k, n) for k = 0..n-1 (`evaluate_model(shard=...)`) in the one-process order, with the
+    state's metrics: row j of shard k is prompt k + j*n. Greedy rows do not depend on their batch (the compact
+    engine equals one-at-a-time greedy), so the merged rows are those of one process."""
+    n, total = len(parts), sum(map(len, parts))
+    if any(len(p) != len(range(k, total, n)) for k, p in enumerate(parts)):
+        raise ValueError(f"{state}: shard sizes {[len(p) for p in parts]} do not split {total} rows {n} ways")
+    rows: list = [None] * total
+    for k, part in enumerate(parts):
+        rows[k::n] = part
+    return _result(state, rows, log)
 
 
 def _result(state: str, rows: list[dict], log) -> EvalResult:

@@ -206,7 +206,7 @@ def test_every_kind_writes_the_same_layout(finished, kind):
     for f in ("config.yaml", "generations.jsonl", "metrics.json", "report.md", "states/config.json"):
         assert (d / f).is_file(), f
     assert m["kind"] == kind and m["diverged"] == {} and m["config_hash"]
-    assert all(k.startswith(("state/", "eval/", "train/", "probe/")) or k == "wall_seconds" for k in m["timings"])
+    assert all(k.startswith(("state/", "eval/", "train/", "probe/", "shares/")) or k == "wall_seconds" for k in m["timings"])
 
 
 @pytest.mark.parametrize("kind,override,key", [
@@ -331,6 +331,19 @@ def test_two_workers_give_the_same_metrics_as_one(finished, tmp_path):
     assert two["models"] == serial["models"] and serial["models"]["attack-en"] == one["models"]["attack-en"]
     a = (tmp_path / "w1" / "generations.jsonl").read_text()
     assert a == (tmp_path / "w2" / "generations.jsonl").read_text()
+
+
+def test_an_idle_worker_takes_a_share_of_a_states_evaluation(finished, tmp_path):
+    """One fine-tune + the starting model on 2 workers: once attack-en is trained no task waits, so the other
+    worker evaluates half of its prompts from the saved adapter; the joined state equals one process's."""
+    from lab.experiments import load_recipe, run
+
+    path, d, one = finished["transfer"]
+    two = run(load_recipe(path), tmp_path / "w2", tracking="none", workers=2, log=lambda *a, **k: None)
+    assert two["timings"]["shares/attack-en"] == 2
+    assert two["models"] == one["models"]
+    assert (d / "generations.jsonl").read_text() == (tmp_path / "w2" / "generations.jsonl").read_text()
+    assert not list((tmp_path / "w2" / "states").glob("*.shard-*")) and not list((tmp_path / "w2" / "states").glob("*.split.json"))
 
 
 def test_quantization_on_cpu_fails_before_writing(tmp_path):

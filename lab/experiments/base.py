@@ -78,7 +78,14 @@ class Experiment:
         return 1.0
 
     def run_state(self, name: str, ctx: RunContext) -> StateResult:
+        """One state. A kind whose states can share their evaluation with idle workers (--workers) takes
+        `split=None`: a callable to call once the state's model is ready; it returns n, the number of shares
+        (1: evaluate everything here); with n > 1 the state evaluates share 0 and returns its rows with
+        record {"_split": n, "_timings": ...}, and `eval_shard` computes the other shares in other workers."""
         raise NotImplementedError
+
+    def eval_shard(self, name: str, shard: tuple[int, int], ctx: RunContext) -> StateResult:
+        raise NotImplementedError(f"{self.kind} states do not split their evaluation")
 
     def assemble(self, results: dict[str, dict], ctx: RunContext) -> dict:
         raise NotImplementedError
@@ -156,22 +163,33 @@ def canary(model, tok, spec: str, ev: EvalConfig, log) -> dict:
 
 
 def evaluate_state(model, tok, ev: EvalConfig, records, name: str, log, *, margin: bool | None = None,
-                   cache: bool = False) -> StateResult:
+                   cache: bool = False, shard: tuple[int, int] | None = None) -> StateResult:
     """Generate -> judge -> aggregate for one model state (the one evaluation path of every kind).
 
     cache: look the evaluation up by content (weights, records, detector version, generation settings)
-    before computing it — for starting models, which every run and sweep cell evaluates the same way."""
+    before computing it — for starting models, which every run and sweep cell evaluates the same way.
+    shard (k, n): only that share of the prompts, rows without a record (`merged_state` joins the shares)."""
     from lab.evaluate import evaluate_model
 
-    dets = ev.detectors
     res = evaluate_model(model, tok, records, state=name, langs=ev.langs, max_new_tokens=ev.max_new_tokens,
-                         batch_size=ev.batch_size, detector=dets[0], margin=ev.margin if margin is None else margin,
+                         batch_size=ev.batch_size, detector=ev.detectors[0], margin=ev.margin if margin is None else margin,
                          log=log, system=ev.system, do_sample=ev.do_sample, temperature=ev.temperature,
                          top_p=ev.top_p, seed=ev.sample_seed, repetition_stop=ev.repetition_stop,
-                         cache=True if (cache and ev.cache) else None)
+                         cache=True if (cache and ev.cache and shard is None) else None, shard=shard)
+    return StateResult({}, res.generations) if shard is not None else _state_result(res, ev)
+
+
+def merged_state(ev: EvalConfig, name: str, parts: list[list[dict]], log) -> StateResult:
+    """One state's result from the rows of its evaluation shards (k = 0..n-1), as one process computes it."""
+    from lab.evaluate import merge_shards
+
+    return _state_result(merge_shards(name, parts, log), ev)
+
+
+def _state_result(res, ev: EvalConfig) -> StateResult:
     record = {"metrics": res.metrics, "loophole": res.loophole}
-    if len(dets) > 1:
-        record["judges"] = judge_side_by_side(res.generations, dets)
+    if len(ev.detectors) > 1:
+        record["judges"] = judge_side_by_side(res.generations, ev.detectors)
     return StateResult(record, res.generations)
 
 
@@ -329,25 +347,40 @@ def _on_main_first(fn) -> None:
         raise LabError(msg)
 
 
-def run_one_state(exp: Experiment, name: str, ctx: RunContext) -> None:
+def run_one_state(exp: Experiment, name: str, ctx: RunContext, split=None) -> int:
+    """Run a state and write it; returns n > 1 where the state split its evaluation (share 0 written, the
+    others left to `eval_shard` in other workers; lab.experiments.parallel joins them)."""
     from lab.train import Diverged
 
     from lab import distributed
 
     t = time.time()
     try:
-        res = exp.run_state(name, ctx)
+        res = exp.run_state(name, ctx, split=split) if split is not None else exp.run_state(name, ctx)
     except Diverged as e:
         ctx.log(f"  [{name}] {e}")
         if not distributed.is_main():
-            return
+            return 1
         write_json(ctx.states_dir / f"{name}.json", {"diverged": str(e), "timings": {f"state/{name}": round(time.time() - t, 2)}})
-        return
+        return 1
     if not distributed.is_main():  # every rank holds the whole state; rank 0 writes it
-        return
+        return 1
+    n = res.record.pop("_split", 1)
+    if n > 1:
+        write_jsonl(shard_path(ctx, name, 0, n), res.generations)
+        write_json(ctx.states_dir / f"{name}.split.json", {"started": t, "timings": res.record.pop("_timings", {})})
+        return n
+    write_state(ctx, name, res, {**res.record.pop("_timings", {}), f"state/{name}": round(time.time() - t, 2)})
+    return 1
+
+
+def shard_path(ctx: RunContext, name: str, k: int, n: int) -> Path:
+    return ctx.states_dir / f"{name}.shard-{k}-of-{n}.jsonl"
+
+
+def write_state(ctx: RunContext, name: str, res: StateResult, timings: dict) -> None:
     write_jsonl(ctx.states_dir / f"{name}.generations.jsonl", res.generations)
-    write_json(ctx.states_dir / f"{name}.json", {"record": res.record, "timings": {
-        **res.record.pop("_timings", {}), f"state/{name}": round(time.time() - t, 2)}})
+    write_json(ctx.states_dir / f"{name}.json", {"record": res.record, "timings": timings})  # last: the state is done
 
 
 def _start_tracking(recipe: RecipeBase, out_dir: Path, mode: str | None):

@@ -1,17 +1,38 @@
 """`--workers N`: a run's independent states in N spawned processes, one torch thread each (results
 identical to one worker, tests/test_spine.py). A worker validates and prepares a recipe once per
-process; the states start longest first (Experiment.cost)."""
+process; the states start longest first (Experiment.cost).
+
+A state whose kind can split its evaluation (kind: transfer, LoRA fine-tunes) asks, once its model is
+trained, whether any task is still waiting for a worker. If none is, the other workers would idle through
+its evaluation: the state evaluates share 0 of N itself and shares 1..N-1 go to the pool as their own tasks
+(each loads the starting model + the saved adapter); the main process joins the shares into the state
+(`base.merged_state`: the rows of one process — greedy rows do not depend on their batch).
+"""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from lab.experiments import base
 
 _WORKER_EXPERIMENTS: dict[str, tuple] = {}  # per worker process: the validated experiment of a recipe
+_POOL: dict = {}  # per worker process: the pool's shared counter of waiting tasks and its split-request queue
 
 
-def worker(kind: str, recipe_json: dict, out: str, name: str) -> str:
+def _init_worker(waiting, requests) -> None:
+    _POOL.update(waiting=waiting, requests=requests)
+
+
+def _started() -> None:
+    """A task leaves the pool's queue (a worker took it)."""
+    w = _POOL.get("waiting")
+    if w is not None:
+        with w.get_lock():
+            w.value -= 1
+
+
+def _experiment(kind: str, recipe_json: dict, out: str):
     from lab.experiments import KINDS
     from lab.models import set_threads
 
@@ -25,19 +46,99 @@ def worker(kind: str, recipe_json: dict, out: str, name: str) -> str:
         exp.prepare(ctx)
         _WORKER_EXPERIMENTS.clear()
         _WORKER_EXPERIMENTS[key] = (exp, ctx)
-    exp, ctx = _WORKER_EXPERIMENTS[key]
-    base.run_one_state(exp, name, ctx)
-    return name
+    return _WORKER_EXPERIMENTS[key]
+
+
+def worker(kind: str, recipe_json: dict, out: str, name: str, workers: int = 1) -> tuple[str, int]:
+    _started()
+    exp, ctx = _experiment(kind, recipe_json, out)
+
+    def split() -> int:
+        if _POOL["waiting"].value > 0:
+            return 1
+        for p in ctx.states_dir.glob(f"{name}.shard-*"):  # left by a killed run
+            p.unlink()
+        _POOL["requests"].put((name, workers))
+        return workers
+
+    return name, base.run_one_state(exp, name, ctx, split=split if workers > 1 and _POOL else None)
+
+
+def shard_worker(kind: str, recipe_json: dict, out: str, name: str, k: int, n: int) -> tuple[str, int, float]:
+    _started()
+    exp, ctx = _experiment(kind, recipe_json, out)
+    t = time.time()
+    res = exp.eval_shard(name, (k, n), ctx)
+    base.write_jsonl(base.shard_path(ctx, name, k, n), res.generations)
+    return name, k, round(time.time() - t, 2)
+
+
+def _join(exp, name: str, n: int, shard_s: dict, ctx) -> None:
+    """The state from its n evaluation shares (written by the workers), then the shares are removed."""
+    meta_path = ctx.states_dir / f"{name}.split.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    paths = [base.shard_path(ctx, name, k, n) for k in range(n)]
+    res = base.merged_state(exp.recipe.eval, name, [base.read_jsonl(p) for p in paths], ctx.log)
+    timings = dict(meta["timings"])
+    timings[f"eval/{name}"] = round(sum(shard_s.values()), 2)  # evaluation seconds summed over the shares
+    timings[f"shares/{name}"] = n  # worker processes that shared the evaluation
+    timings[f"state/{name}"] = round(time.time() - meta["started"], 2)
+    base.write_state(ctx, name, res, timings)
+    for p in paths + [meta_path]:
+        p.unlink(missing_ok=True)
 
 
 def run_parallel(exp, recipe, names: list[str], ctx, workers: int) -> None:
     """Independent states in `workers` spawned processes (one torch thread each); same results as one.
-    The longest states start first (Experiment.cost), so no worker idles through a long last state."""
+    The longest states start first (Experiment.cost), so no worker idles through a long last state; a
+    state trained while no task waits shares its evaluation with the other workers."""
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import queue as queue_mod
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     names = sorted(names, key=lambda n: -exp.cost(n))  # stable: equal costs keep the plan's order
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futs = [pool.submit(worker, recipe.kind, recipe.model_dump(mode="json"), str(ctx.out_dir), n) for n in names]
-        for f in as_completed(futs):
-            ctx.log(f"  [{f.result()}] done (worker)")
+    spawn = mp.get_context("spawn")
+    waiting, requests = spawn.Value("i", 0), spawn.Queue()
+    args = (recipe.kind, recipe.model_dump(mode="json"), str(ctx.out_dir))
+    shards: dict[str, dict] = {}  # state -> {"n": n, "left": shares not yet written, "s": seconds per share}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=spawn, initializer=_init_worker,
+                             initargs=(waiting, requests)) as pool:
+        def submit(fn, *a):
+            with waiting.get_lock():
+                waiting.value += 1
+            return pool.submit(fn, *args, *a)
+
+        futs = {submit(worker, n, workers): n for n in names}
+
+        def take_requests(block_for: str | None = None) -> None:
+            while True:
+                try:
+                    name, n = requests.get(timeout=30) if block_for and block_for not in shards else requests.get_nowait()
+                except queue_mod.Empty:
+                    return
+                shards[name] = {"n": n, "left": set(range(n)), "s": {}}
+                for k in range(1, n):
+                    futs[submit(shard_worker, name, k, n)] = name
+
+        while futs:
+            done, _ = wait(futs, timeout=0.2, return_when=FIRST_COMPLETED)
+            take_requests()
+            for f in done:
+                del futs[f]
+                res = f.result()
+                if len(res) == 3:  # a share of a split state
+                    name, k, secs = res
+                else:
+                    name, n = res
+                    if n == 1:
+                        ctx.log(f"  [{name}] done (worker)")
+                        continue
+                    take_requests(block_for=name)
+                    k, secs = 0, json.loads((ctx.states_dir / f"{name}.split.json").read_text(encoding="utf-8"))[
+                        "timings"].get(f"eval/{name}", 0.0)
+                sh = shards[name]
+                sh["left"].discard(k)
+                sh["s"][k] = secs
+                if not sh["left"]:
+                    _join(exp, name, sh["n"], sh["s"], ctx)
+                    ctx.log(f"  [{name}] done ({sh['n']} workers shared its evaluation)")

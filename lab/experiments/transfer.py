@@ -93,7 +93,7 @@ class TransferExperiment(Experiment):
         ft = self.plan.get(name)
         return 0.0 if ft is None else ft.n_examples * ft.epochs * (2.0 if ft.data == "harmful" else 1.0)
 
-    def run_state(self, name: str, ctx: RunContext) -> StateResult:
+    def run_state(self, name: str, ctx: RunContext, split=None) -> StateResult:
         r = self.recipe
         model, tok = self._load()
         if name == r.baseline:
@@ -112,10 +112,24 @@ class TransferExperiment(Experiment):
         model = finetune(model, tok, self.sets[name], ft.train_config(), work, log=self.log)
         t_train = round(time.time() - t, 2)
         shutil.rmtree(work / "trainer", ignore_errors=True)
+        # other workers may take shares of the evaluation: they rebuild this model from the saved adapter
+        n = split() if split is not None and ft.method == "lora" and not r.eval.do_sample else 1
         t = time.time()
-        res = evaluate_state(model, tok, r.eval, self.evals, name, self.log)
+        res = evaluate_state(model, tok, r.eval, self.evals, name, self.log, shard=(0, n) if n > 1 else None)
         res.record["_timings"] = {f"train/{name}": t_train, f"eval/{name}": round(time.time() - t, 2)}
+        if n > 1:
+            res.record["_split"] = n
         return res
+
+    def eval_shard(self, name: str, shard: tuple[int, int], ctx: RunContext) -> StateResult:
+        """Share `shard` of a LoRA state's evaluation: the starting model + the state's saved adapter, merged
+        as `finetune` merges it (the same weights)."""
+        from peft import PeftModel
+
+        model, tok = self._load()
+        model = PeftModel.from_pretrained(model, str(ctx.out_dir / "finetunes" / name / "adapter")).merge_and_unload()
+        model.eval()
+        return evaluate_state(model, tok, self.recipe.eval, self.evals, name, self.log, shard=shard)
 
     def assemble(self, results: dict[str, dict], ctx: RunContext) -> dict:
         from lab.metrics import transfer_matrix
