@@ -198,3 +198,45 @@ def test_chunked_prefill_and_shared_prompt_margin_on_real_families(family, tmp_p
     a = continuation_logprob(model, tok, rendered, conts, batch_size=4)
     b = continuation_logprob(model, tok, rendered, conts, shared_prompt=False)
     assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_in_place_cache_moves_rows_like_a_batch_select():
+    """GrowingLayer: positions written in place across a reallocation, and a finished row's slot refilled
+    from the end of the batch hold exactly what the concatenating cache holds after batch_select_indices."""
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    from lab.generate import GrowingLayer, _compact_slots
+
+    g = torch.Generator().manual_seed(0)
+    k0, v0 = torch.randn(6, 2, 5, 4, generator=g), torch.randn(6, 2, 5, 4, generator=g)
+    ref, grow = DynamicLayer(), GrowingLayer(k0, v0, grow=3)
+    ref.update(k0, v0)
+    for _ in range(7):  # crosses two reallocations of the 3 spare columns
+        k, v = torch.randn(6, 2, 1, 4, generator=g), torch.randn(6, 2, 1, 4, generator=g)
+        a, b = ref.update(k, v), grow.update(k, v)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    done = [1, 4]  # rows 1 and 4 finish: slot 1 takes row 5 (slot 4 is beyond the new size)
+    keep = _compact_slots(done, 6)
+    assert keep == [0, 5, 2, 3]
+    dst = torch.tensor([r for r in done if r < len(keep)])
+    grow.move_rows(dst, torch.tensor([keep[r] for r in dst.tolist()]), len(keep))
+    ref.batch_select_indices(torch.tensor(keep))
+    assert torch.equal(ref.keys, grow.keys) and torch.equal(ref.values, grow.values)
+    assert grow.get_seq_length() == 12
+
+
+def test_evaluation_shares_join_into_the_one_process_rows():
+    """evaluate_model(shard=(k, 3)) for k = 0..2, joined by merge_shards: the rows and metrics of one call."""
+    from lab.evaluate import merge_shards
+
+    model, tok = _model("zoo:organism")
+    recs = _sample(2)
+    kw = dict(state="s", langs=LANGS, margin=False, log=lambda *a, **k: None)
+    whole = evaluate_model(model, tok, recs, **kw)
+    parts = [evaluate_model(model, tok, recs, shard=(k, 3), **kw).generations for k in range(3)]
+    joined = merge_shards("s", parts, log=lambda *a, **k: None)
+    assert joined.generations == whole.generations
+    assert json_safe(joined.metrics) == json_safe(whole.metrics)  # (NaN margins: margin=False)
+    with pytest.raises(ValueError, match="shard sizes"):
+        merge_shards("s", [parts[2], parts[0]])  # 6 + 7 rows cannot be shares 0 and 1 of 13

@@ -335,12 +335,13 @@ def test_two_workers_give_the_same_metrics_as_one(finished, tmp_path):
 
 def test_an_idle_worker_takes_a_share_of_a_states_evaluation(finished, tmp_path):
     """One fine-tune + the starting model on 2 workers: once attack-en is trained no task waits, so the other
-    worker evaluates half of its prompts from the saved adapter; the joined state equals one process's."""
+    worker takes shares of its prompts (4 = 2 x workers) from the saved adapter; the joined state equals one
+    process's."""
     from lab.experiments import load_recipe, run
 
     path, d, one = finished["transfer"]
     two = run(load_recipe(path), tmp_path / "w2", tracking="none", workers=2, log=lambda *a, **k: None)
-    assert two["timings"]["shares/attack-en"] == 2
+    assert two["timings"]["shares/attack-en"] == 4
     assert two["models"] == one["models"]
     assert (d / "generations.jsonl").read_text() == (tmp_path / "w2" / "generations.jsonl").read_text()
     assert not list((tmp_path / "w2" / "states").glob("*.shard-*")) and not list((tmp_path / "w2" / "states").glob("*.split.json"))

@@ -3,8 +3,8 @@ identical to one worker, tests/test_spine.py). A worker validates and prepares a
 process; the states start longest first (Experiment.cost).
 
 A state whose kind can split its evaluation (kind: transfer, LoRA fine-tunes) asks, once its model is
-trained, whether any task is still waiting for a worker. If none is, the other workers would idle through
-its evaluation: the state evaluates share 0 of N itself and shares 1..N-1 go to the pool as their own tasks
+trained, whether a fine-tune still waits for a worker. If none does, the other workers would soon idle through
+its evaluation: the state evaluates share 0 of N = 2 x workers itself and shares 1..N-1 go to the pool as tasks
 (each loads the starting model + the saved adapter); the main process joins the shares into the state
 (`base.merged_state`: the rows of one process — greedy rows do not depend on their batch).
 """
@@ -17,17 +17,18 @@ from pathlib import Path
 from lab.experiments import base
 
 _WORKER_EXPERIMENTS: dict[str, tuple] = {}  # per worker process: the validated experiment of a recipe
-_POOL: dict = {}  # per worker process: the pool's shared counter of waiting tasks and its split-request queue
+SHARES_PER_WORKER = 2  # a split state's evaluation in 2 x workers shares (finer shares balance the tail)
+_POOL: dict = {}  # per worker process: the pool's shared count of waiting costly states and its split-request queue
 
 
 def _init_worker(waiting, requests) -> None:
     _POOL.update(waiting=waiting, requests=requests)
 
 
-def _started() -> None:
-    """A task leaves the pool's queue (a worker took it)."""
+def _started(counted: bool) -> None:
+    """A task counted as waiting leaves the pool's queue (a worker took it)."""
     w = _POOL.get("waiting")
-    if w is not None:
+    if w is not None and counted:
         with w.get_lock():
             w.value -= 1
 
@@ -49,23 +50,23 @@ def _experiment(kind: str, recipe_json: dict, out: str):
     return _WORKER_EXPERIMENTS[key]
 
 
-def worker(kind: str, recipe_json: dict, out: str, name: str, workers: int = 1) -> tuple[str, int]:
-    _started()
+def worker(kind: str, recipe_json: dict, out: str, name: str, workers: int = 1, counted: bool = False) -> tuple[str, int]:
+    _started(counted)
     exp, ctx = _experiment(kind, recipe_json, out)
 
     def split() -> int:
-        if _POOL["waiting"].value > 0:
+        if _POOL["waiting"].value > 0:  # a fine-tune still waits: it keeps the other workers busy
             return 1
         for p in ctx.states_dir.glob(f"{name}.shard-*"):  # left by a killed run
             p.unlink()
-        _POOL["requests"].put((name, workers))
-        return workers
+        n = SHARES_PER_WORKER * workers
+        _POOL["requests"].put((name, n))
+        return n
 
     return name, base.run_one_state(exp, name, ctx, split=split if workers > 1 and _POOL else None)
 
 
 def shard_worker(kind: str, recipe_json: dict, out: str, name: str, k: int, n: int) -> tuple[str, int, float]:
-    _started()
     exp, ctx = _experiment(kind, recipe_json, out)
     t = time.time()
     res = exp.eval_shard(name, (k, n), ctx)
@@ -103,12 +104,15 @@ def run_parallel(exp, recipe, names: list[str], ctx, workers: int) -> None:
     shards: dict[str, dict] = {}  # state -> {"n": n, "left": shares not yet written, "s": seconds per share}
     with ProcessPoolExecutor(max_workers=workers, mp_context=spawn, initializer=_init_worker,
                              initargs=(waiting, requests)) as pool:
-        def submit(fn, *a):
-            with waiting.get_lock():
-                waiting.value += 1
-            return pool.submit(fn, *args, *a)
+        def submit(fn, *a, counted=False):
+            if counted:
+                with waiting.get_lock():
+                    waiting.value += 1
+            return pool.submit(fn, *args, *a, **({"counted": True} if counted else {}))
 
-        futs = {submit(worker, n, workers): n for n in names}
+        # waiting = costly states (fine-tunes) not yet started; the starting model's (often cached) evaluation
+        # and evaluation shares do not count: a trained state splits when no fine-tune waits
+        futs = {submit(worker, n, workers, counted=exp.cost(n) > 0): n for n in names}
 
         def take_requests(block_for: str | None = None) -> None:
             while True:
@@ -134,6 +138,8 @@ def run_parallel(exp, recipe, names: list[str], ctx, workers: int) -> None:
                         ctx.log(f"  [{name}] done (worker)")
                         continue
                     take_requests(block_for=name)
+                    if name not in shards:
+                        raise RuntimeError(f"{name} split its evaluation but its request never reached the main process")
                     k, secs = 0, json.loads((ctx.states_dir / f"{name}.split.json").read_text(encoding="utf-8"))[
                         "timings"].get(f"eval/{name}", 0.0)
                 sh = shards[name]
@@ -141,4 +147,4 @@ def run_parallel(exp, recipe, names: list[str], ctx, workers: int) -> None:
                 sh["s"][k] = secs
                 if not sh["left"]:
                     _join(exp, name, sh["n"], sh["s"], ctx)
-                    ctx.log(f"  [{name}] done ({sh['n']} workers shared its evaluation)")
+                    ctx.log(f"  [{name}] done (its evaluation in {sh['n']} shares)")
