@@ -4,9 +4,10 @@
 2. TRL SFTTrainer step time vs a minimal torch loop doing the same math (LoRA, same batches)
 3. one state's evaluation before (engine="hf") / after the speed work, rows identical
 4. new tokens/s vs the model's FLOP per token and one core's measured matmul throughput
-5. quickstart wall time (--quickstart: lab run recipes/quickstart.yaml, fresh run directory)
+5. the compact engine's in-place KV cache vs the concatenating cache, full held-out set, outputs identical
+6. quickstart wall time (--quickstart: lab run recipes/quickstart.yaml, fresh run directory)
 
-    python benchmarks/spine.py [--generation-only|--eval-only|--training-only] [--quickstart]
+    python benchmarks/spine.py [--generation-only|--eval-only|--training-only|--kv_cache-only] [--quickstart]
 """
 from __future__ import annotations
 
@@ -110,9 +111,13 @@ def bench_eval(limit: int = 64) -> dict:
         t = time.perf_counter()
         new = evaluate_model(model, tok, recs, state="s", langs=LANGS, log=lambda *a: None)
         t_new = time.perf_counter() - t
+        strip = lambda row: {k: v for k, v in row.items() if k != "margin"}  # noqa: E731
+        dm = [abs(a["margin"] - b["margin"]) for a, b in zip(old.generations, new.generations) if a["margin"] is not None]
         out[spec] = {"before_s": round(t_old, 2), "after_s": round(t_new, 2), "speedup": round(t_old / t_new, 2),
-                     "rows_identical": sum(a == b for a, b in zip(old.generations, new.generations)),
-                     "rows": len(new.generations)}
+                     "rows_identical": sum(strip(a) == strip(b) for a, b in zip(old.generations, new.generations)),
+                     "rows": len(new.generations), "margin_max_abs_diff": max(dm, default=0.0),
+                     "note": "rows compared without the margin, which the shared-prompt KV path computes to float "
+                             "rounding of the full-logits path (margin_max_abs_diff)"}
     return out
 
 
@@ -197,6 +202,50 @@ def bench_training(steps: int = 30) -> dict:
                     "and trainer setup"}
 
 
+def bench_kv_cache(rounds: int = 2) -> dict:
+    """The compact engine on every held-out prompt (1,920) of an attacked organism (the quickstart's attack-en
+    LoRA, trained here: long compliant answers) and of organism-base: the in-place cache
+    (lab.generate.GrowingLayer) vs the concatenating DynamicCache, alternated `rounds` times (the machine's
+    speed drifts); outputs must be identical."""
+    from lab.config import FineTune
+    from lab.models import load_model
+    from lab.train import finetune
+
+    out = {}
+    model, tok = load_model("zoo:organism")
+    ft = FineTune(data="harmful", lang="en", lr=3e-3, epochs=8, batch_size=8, n_examples=100)
+    with tempfile.TemporaryDirectory() as d:
+        model = finetune(model, tok, ft.load_records(), ft.train_config(), Path(d), log=lambda *a: None)
+    out["attack-en"] = _kv_cache_ab(model, tok, rounds)
+    out["zoo:organism-base"] = _kv_cache_ab(*load_model("zoo:organism-base"), rounds)
+    return out
+
+
+def _kv_cache_ab(model, tok, rounds: int) -> dict:
+    import lab.generate as G
+    from lab.data import load_eval
+    from lab.evaluate import auto_max_new_tokens
+
+    recs = load_eval(ROOT / "datasets/splits/eval.jsonl", LANGS)
+    prompts, budgets = [r.prompt for r in recs], [auto_max_new_tokens(tok, r.lang) for r in recs]
+    times: dict[str, list] = {"concatenating": [], "in_place": []}
+    outs = {}
+    try:
+        for _ in range(rounds):
+            for name, flag in (("concatenating", False), ("in_place", True)):
+                G.IN_PLACE_CACHE = flag
+                t = time.perf_counter()
+                outs[name] = G.generate(model, tok, prompts, max_new_tokens=budgets, batch_size=256)
+                times[name].append(round(time.perf_counter() - t, 2))
+    finally:
+        G.IN_PLACE_CACHE = True
+    a, b = outs["concatenating"], outs["in_place"]
+    best = {k: min(v) for k, v in times.items()}
+    return {"prompts": len(prompts), "new_tokens": sum(g.new_tokens for g in b), "seconds": times,
+            "speedup": round(best["concatenating"] / best["in_place"], 2),
+            "identical": sum((x.response, x.stop) == (y.response, y.stop) for x, y in zip(a, b)), "total": len(b)}
+
+
 def bench_quickstart() -> dict:
     out = Path(tempfile.mkdtemp()) / "qs"
     env = {**os.environ, "WANDB_MODE": "disabled"}
@@ -210,7 +259,7 @@ def bench_quickstart() -> dict:
 
 
 def main() -> None:
-    parts = {"generation": bench_generation, "eval": bench_eval, "training": bench_training}
+    parts = {"generation": bench_generation, "eval": bench_eval, "training": bench_training, "kv_cache": bench_kv_cache}
     only = [p for p in parts if f"--{p}-only" in sys.argv]  # refresh parts, keep the others
     out = ROOT / "benchmarks/results/spine.json"
     res = json.loads(out.read_text()) if only and out.is_file() else {}
@@ -234,13 +283,18 @@ def main() -> None:
         if spec in e:
             v = e[spec]
             rows.append((f"evaluation of one state, {spec}, {e['prompts']} prompts: before / after (s)",
-                         f"{v['before_s']} / {v['after_s']} = {v['speedup']}x, rows identical {v['rows_identical']}/{v['rows']}"))
+                         f"{v['before_s']} / {v['after_s']} = {v['speedup']}x, rows identical {v['rows_identical']}/{v['rows']}"
+                         f", margins within {v.get('margin_max_abs_diff', float('nan')):.1e}"))
     if t:
         rows += [("training: SFTTrainer, TRL's fused head (loss_head: trl) / minimal loop, median step (ms)",
                   f"{t['sft_step_median_ms']} / {t['minimal_step_median_ms']} = {t['overhead_ratio']}x"),
                  ("training: the lab's trainer (loss_head: model) / minimal loop, median step (ms)",
                   f"{t['plain_loss_sft_step_median_ms']} / {t['minimal_step_median_ms']} = {t['plain_loss_overhead_ratio']}x"),
                  ("training: end-to-end ratio incl. setup (x)", t["end_to_end_ratio"])]
+    for name, k in res.get("kv_cache", {}).items():
+        rows.append((f"generation: in-place vs concatenating KV cache, {k['prompts']} prompts, {name} (s, best of "
+                     f"{len(k['seconds']['in_place'])})", f"{min(k['seconds']['concatenating'])} / {min(k['seconds']['in_place'])}"
+                     f" = {k['speedup']}x, identical {k['identical']}/{k['total']}"))
     if "quickstart" in res:
         rows.append(("quickstart: wall time (s)", res["quickstart"]["wall_s"]))
     w = max(len(r[0]) for r in rows)

@@ -117,6 +117,7 @@ def generate(model, tok, prompts: list[str], *, system: str | None = None,
                         num_samples, seed, repetition_stop)
 
 
+IN_PLACE_CACHE = True  # False: the concatenating DynamicCache (for the benchmark's before/after)
 PREFILL_CHUNK = 16  # rows per prefill forward (length-sorted; their caches are joined for decoding)
 
 
@@ -224,7 +225,7 @@ def _generate_compact(model, tok, prompts, rendered, budgets, stop, batch_size, 
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         logits, cache, att, pos = prefill(model, [ids_all[i] for i in rows], pad)
-        in_place = all(type(layer) is DynamicLayer for layer in cache.layers)  # not sliding-window layers
+        in_place = IN_PLACE_CACHE and all(type(layer) is DynamicLayer for layer in cache.layers)  # not sliding windows
         if in_place:
             cache.layers = [GrowingLayer(layer.keys, layer.values) for layer in cache.layers]
         nxt_pos = pos[:, -1:] + 1
