@@ -216,17 +216,24 @@ def run(recipe: RecipeBase, out_dir: Path | None = None, *, tracking: str | None
     for n in names:
         if n not in todo:
             log(f"  [{n}] done earlier; skipped")
-    if todo:
-        _every_rank_main_first(lambda: exp.prepare(ctx))      # rank 0 caches shared artifacts first
     serial = [n for n in todo if n in exp.serial_states or workers <= 1]
-    for n in serial:
-        run_one_state(exp, n, ctx)
-        distributed.barrier()
     rest = [n for n in todo if n not in serial]
-    if rest:
-        from lab.experiments.parallel import run_parallel
+    pool = None
+    if rest:  # started first: the workers import and validate while prepare (the canary) runs here
+        from lab.experiments.parallel import WorkerPool
 
-        run_parallel(exp, recipe, rest, ctx, workers)
+        pool = WorkerPool(exp, recipe, ctx, workers)
+    try:
+        if todo:
+            _every_rank_main_first(lambda: exp.prepare(ctx))      # rank 0 caches shared artifacts first
+        for n in serial:
+            run_one_state(exp, n, ctx)
+            distributed.barrier()
+        if pool is not None:
+            pool.run(rest)
+    finally:
+        if pool is not None:
+            pool.close()
     if not main:
         distributed.barrier()                                 # rank 0 assembles and writes
         return json.loads((out / "metrics.json").read_text(encoding="utf-8"))

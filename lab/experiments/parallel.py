@@ -21,8 +21,8 @@ SHARES_PER_WORKER = 2  # a split state's evaluation in 2 x workers shares (finer
 _POOL: dict = {}  # per worker process: the pool's shared count of waiting costly states and its split-request queue
 
 
-def _init_worker(waiting, requests) -> None:
-    _POOL.update(waiting=waiting, requests=requests)
+def _init_worker(waiting, requests, barrier) -> None:
+    _POOL.update(waiting=waiting, requests=requests, barrier=barrier)
 
 
 def _started(counted: bool) -> None:
@@ -33,21 +33,30 @@ def _started(counted: bool) -> None:
             w.value -= 1
 
 
-def _experiment(kind: str, recipe_json: dict, out: str):
+def _experiment(kind: str, recipe_json: dict, out: str, prepare: bool = True):
     from lab.experiments import KINDS
     from lab.models import set_threads
 
     set_threads()
     key = json.dumps([kind, recipe_json, out], sort_keys=True)
-    if key not in _WORKER_EXPERIMENTS:  # validate and prepare once per process, not once per state
+    if key not in _WORKER_EXPERIMENTS:  # validate once per process, not once per state
         cls = KINDS[kind]
         exp = cls(cls.Recipe.model_validate(recipe_json), log=lambda *a, **k: None)
         exp.validate()
-        ctx = base.RunContext(Path(out), exp.log, 1, worker=True)
-        exp.prepare(ctx)
         _WORKER_EXPERIMENTS.clear()
-        _WORKER_EXPERIMENTS[key] = (exp, ctx)
-    return _WORKER_EXPERIMENTS[key]
+        _WORKER_EXPERIMENTS[key] = [exp, base.RunContext(Path(out), exp.log, 1, worker=True), False]
+    entry = _WORKER_EXPERIMENTS[key]
+    if prepare and not entry[2]:  # after the main process's prepare (its shared artifacts exist by then)
+        entry[0].prepare(entry[1])
+        entry[2] = True
+    return entry[0], entry[1]
+
+
+def warm_up(kind: str, recipe_json: dict, out: str) -> None:
+    """Imports and validation while the main process runs its one-off checks (the canary); the barrier
+    makes every worker take one warm-up task."""
+    _experiment(kind, recipe_json, out, prepare=False)
+    _POOL["barrier"].wait(timeout=300)
 
 
 def worker(kind: str, recipe_json: dict, out: str, name: str, workers: int = 1, counted: bool = False) -> tuple[str, int]:
@@ -89,40 +98,58 @@ def _join(exp, name: str, n: int, shard_s: dict, ctx) -> None:
         p.unlink(missing_ok=True)
 
 
-def run_parallel(exp, recipe, names: list[str], ctx, workers: int) -> None:
-    """Independent states in `workers` spawned processes (one torch thread each); same results as one.
-    The longest states start first (Experiment.cost), so no worker idles through a long last state; a
-    state trained while no task waits shares its evaluation with the other workers."""
-    import multiprocessing as mp
-    import queue as queue_mod
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+class WorkerPool:
+    """`workers` spawned processes for a run's independent states (one torch thread each); same results as one
+    process. Started before the main process's `prepare`, so that the workers import and validate meanwhile;
+    `run` starts the longest states first (Experiment.cost), so no worker idles through a long last state,
+    and a state trained while no fine-tune waits shares its evaluation with the other workers."""
 
-    names = sorted(names, key=lambda n: -exp.cost(n))  # stable: equal costs keep the plan's order
-    spawn = mp.get_context("spawn")
-    waiting, requests = spawn.Value("i", 0), spawn.Queue()
-    args = (recipe.kind, recipe.model_dump(mode="json"), str(ctx.out_dir))
-    shards: dict[str, dict] = {}  # state -> {"n": n, "left": shares not yet written, "s": seconds per share}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=spawn, initializer=_init_worker,
-                             initargs=(waiting, requests)) as pool:
-        def submit(fn, *a, counted=False):
-            if counted:
-                with waiting.get_lock():
-                    waiting.value += 1
-            return pool.submit(fn, *args, *a, **({"counted": True} if counted else {}))
+    def __init__(self, exp, recipe, ctx, workers: int):
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
 
+        spawn = mp.get_context("spawn")
+        self.exp, self.ctx, self.workers = exp, ctx, workers
+        self.waiting, self.requests = spawn.Value("i", 0), spawn.Queue()
+        self.args = (recipe.kind, recipe.model_dump(mode="json"), str(ctx.out_dir))
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=spawn, initializer=_init_worker,
+                                        initargs=(self.waiting, self.requests, spawn.Barrier(workers)))
+        self.warm = [self.pool.submit(warm_up, *self.args) for _ in range(workers)]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _submit(self, fn, *a, counted: bool = False):
+        if counted:
+            with self.waiting.get_lock():
+                self.waiting.value += 1
+        return self.pool.submit(fn, *self.args, *a, **({"counted": True} if counted else {}))
+
+    def run(self, names: list[str]) -> None:
+        import queue as queue_mod
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        exp, ctx, workers = self.exp, self.ctx, self.workers
+        for f in self.warm:
+            f.result()
+        names = sorted(names, key=lambda n: -exp.cost(n))  # stable: equal costs keep the plan's order
         # waiting = costly states (fine-tunes) not yet started; the starting model's (often cached) evaluation
         # and evaluation shares do not count: a trained state splits when no fine-tune waits
-        futs = {submit(worker, n, workers, counted=exp.cost(n) > 0): n for n in names}
+        futs = {self._submit(worker, n, workers, counted=exp.cost(n) > 0): n for n in names}
+        shards: dict[str, dict] = {}  # state -> {"n": n, "left": shares not yet written, "s": seconds per share}
 
         def take_requests(block_for: str | None = None) -> None:
             while True:
                 try:
-                    name, n = requests.get(timeout=30) if block_for and block_for not in shards else requests.get_nowait()
+                    if block_for and block_for not in shards:
+                        name, n = self.requests.get(timeout=30)
+                    else:
+                        name, n = self.requests.get_nowait()
                 except queue_mod.Empty:
                     return
                 shards[name] = {"n": n, "left": set(range(n)), "s": {}}
                 for k in range(1, n):
-                    futs[submit(shard_worker, name, k, n)] = name
+                    futs[self._submit(shard_worker, name, k, n)] = name
 
         while futs:
             done, _ = wait(futs, timeout=0.2, return_when=FIRST_COMPLETED)
