@@ -269,16 +269,33 @@ def _rows(model, tok, eval_records, state, langs, settings, batch_size, detector
     return rows
 
 
-def merge_shards(state: str, parts: list[list[dict]], log=print) -> EvalResult:
-    """The rows of shards (k, n) for k = 0..n-1 (`evaluate_model(shard=...)`) in the one-process order, with the
-    state's metrics: row j of shard k is prompt k + j*n. Greedy rows do not depend on their batch (the compact
-    engine equals one-at-a-time greedy), so the merged rows are those of one process."""
+def state_margins(model, tok, eval_records, langs, system: str | None = None) -> list[list]:
+    """The log-prob margins of a whole state, as one evaluation computes them (per language, its harmful prompts
+    in order): [[lang, id, margin], ...]. Margins are floats of batched forward passes, so shares of a split
+    evaluation (which see other batches) leave them to this one call; `merge_shards` puts them in the rows."""
+    out = []
+    for lang in langs:
+        harmful = [r for r in eval_records if r.lang == lang and r.kind == "harmful"]
+        if harmful:
+            vals = refusal_margins(model, tok, [r.prompt for r in harmful], lang, system=system)
+            out += [[lang, r.id, v] for r, v in zip(harmful, vals)]
+    return out
+
+
+def merge_shards(state: str, parts: list[list[dict]], log=print, margins: list[list] | None = None) -> EvalResult:
+    """The rows of shards (k, n) for k = 0..n-1 (`evaluate_model(shard=..., margin=False)`) in the one-process
+    order, with the state's metrics: row j of shard k is prompt k + j*n. Greedy rows do not depend on their batch
+    (the compact engine equals one-at-a-time greedy), so the merged rows are those of one process; `margins`
+    (`state_margins`) fills the margin column."""
     n, total = len(parts), sum(map(len, parts))
     if any(len(p) != len(range(k, total, n)) for k, p in enumerate(parts)):
         raise ValueError(f"{state}: shard sizes {[len(p) for p in parts]} do not split {total} rows {n} ways")
     rows: list = [None] * total
     for k, part in enumerate(parts):
         rows[k::n] = part
+    if margins:
+        by = {(lang, i): v for lang, i, v in margins}
+        rows = [dict(r, margin=by.get((r["lang"], r["id"]))) for r in rows]
     return _result(state, rows, log)
 
 

@@ -89,25 +89,27 @@ def test_parallel_states_start_longest_first(monkeypatch, tmp_path):
         def __init__(self, *a, **k):
             pass
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            return False
-
-        def submit(self, fn, kind, rj, out, name):
-            seen.append(name)
+        def submit(self, fn, kind, rj, out, *a, **k):
             from concurrent.futures import Future
 
             f = Future()
-            f.set_result(name)
+            if fn is parallel.worker:
+                seen.append(a[0])
+                f.set_result((a[0], 1))  # done, its evaluation not split
+            else:  # the workers' warm-up
+                f.set_result(None)
             return f
+
+        def shutdown(self, **k):
+            pass
 
     import concurrent.futures
 
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Pool)
     ctx = base.RunContext(tmp_path, lambda *a: None, 2)
-    parallel.run_parallel(exp, r, exp.states(), ctx, 2)
+    pool = parallel.WorkerPool(exp, r, ctx, 2)
+    pool.run(exp.states())
+    pool.close()
     assert seen == order
 
 
@@ -117,7 +119,7 @@ def test_a_worker_validates_a_recipe_once(monkeypatch, tmp_path):
     calls = {"validate": 0, "states": []}
     monkeypatch.setattr(TransferExperiment, "validate", lambda self: calls.__setitem__("validate", calls["validate"] + 1))
     monkeypatch.setattr(TransferExperiment, "prepare", lambda self, ctx: None)
-    monkeypatch.setattr(base, "run_one_state", lambda exp, name, ctx: calls["states"].append(name))
+    monkeypatch.setattr(base, "run_one_state", lambda exp, name, ctx, split=None: calls["states"].append(name) or 1)
     monkeypatch.setattr(parallel, "_WORKER_EXPERIMENTS", {})
     rj = load_recipe("recipes/quickstart.yaml", {"tracking": "none"}).model_dump(mode="json")
     for name in ("attack-en", "control-en"):

@@ -113,11 +113,12 @@ def evaluate_state(model, tok, ev: EvalConfig, records, name: str, log, *, margi
     return StateResult({}, res.generations) if shard is not None else _state_result(res, ev)
 
 
-def merged_state(ev: EvalConfig, name: str, parts: list[list[dict]], log) -> StateResult:
-    """One state's result from the rows of its evaluation shards (k = 0..n-1), as one process computes it."""
+def merged_state(ev: EvalConfig, name: str, parts: list[list[dict]], log, margins: list | None = None) -> StateResult:
+    """One state's result from the rows of its evaluation shards (k = 0..n-1) and its margins
+    (lab.evaluate.state_margins), as one process computes it."""
     from lab.evaluate import merge_shards
 
-    return _state_result(merge_shards(name, parts, log), ev)
+    return _state_result(merge_shards(name, parts, log, margins), ev)
 
 
 def _state_result(res, ev: EvalConfig) -> StateResult:
@@ -309,7 +310,8 @@ def run_one_state(exp: Experiment, name: str, ctx: RunContext, split=None) -> in
     n = res.record.pop("_split", 1)
     if n > 1:
         write_jsonl(shard_path(ctx, name, 0, n), res.generations)
-        write_json(ctx.states_dir / f"{name}.split.json", {"started": t, "timings": res.record.pop("_timings", {})})
+        write_json(ctx.states_dir / f"{name}.split.json", {"started": t, "timings": res.record.pop("_timings", {}),
+                                                           "margins": res.record.pop("_margins", None)})
         return n
     write_state(ctx, name, res, {**res.record.pop("_timings", {}), f"state/{name}": round(time.time() - t, 2)})
     return 1

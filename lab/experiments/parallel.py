@@ -88,7 +88,7 @@ def _join(exp, name: str, n: int, shard_s: dict, ctx) -> None:
     meta_path = ctx.states_dir / f"{name}.split.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     paths = [base.shard_path(ctx, name, k, n) for k in range(n)]
-    res = base.merged_state(exp.recipe.eval, name, [base.read_jsonl(p) for p in paths], ctx.log)
+    res = base.merged_state(exp.recipe.eval, name, [base.read_jsonl(p) for p in paths], ctx.log, meta.get("margins"))
     timings = dict(meta["timings"])
     timings[f"eval/{name}"] = round(sum(shard_s.values()), 2)  # evaluation seconds summed over the shares
     timings[f"shares/{name}"] = n  # worker processes that shared the evaluation

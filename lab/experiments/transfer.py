@@ -113,12 +113,17 @@ class TransferExperiment(Experiment):
         t_train = round(time.time() - t, 2)
         shutil.rmtree(work / "trainer", ignore_errors=True)
         # other workers may take shares of the evaluation: they rebuild this model from the saved adapter
-        n = split() if split is not None and ft.method == "lora" and not r.eval.do_sample else 1
+        n = split() if split is not None and ft.method == "lora" and ft.merge and not r.eval.do_sample else 1
         t = time.time()
-        res = evaluate_state(model, tok, r.eval, self.evals, name, self.log, shard=(0, n) if n > 1 else None)
+        if n == 1:
+            res = evaluate_state(model, tok, r.eval, self.evals, name, self.log)
+        else:  # share 0 here, and the whole state's margins (floats of batched passes: one call, as unsplit)
+            from lab.evaluate import state_margins
+
+            res = evaluate_state(model, tok, r.eval, self.evals, name, self.log, shard=(0, n), margin=False)
+            res.record.update(_split=n, _margins=state_margins(model, tok, self.evals, r.eval.langs, r.eval.system)
+                              if r.eval.margin else None)
         res.record["_timings"] = {f"train/{name}": t_train, f"eval/{name}": round(time.time() - t, 2)}
-        if n > 1:
-            res.record["_split"] = n
         return res
 
     def eval_shard(self, name: str, shard: tuple[int, int], ctx: RunContext) -> StateResult:
@@ -129,7 +134,7 @@ class TransferExperiment(Experiment):
         model, tok = self._load()
         model = PeftModel.from_pretrained(model, str(ctx.out_dir / "finetunes" / name / "adapter")).merge_and_unload()
         model.eval()
-        return evaluate_state(model, tok, self.recipe.eval, self.evals, name, self.log, shard=shard)
+        return evaluate_state(model, tok, self.recipe.eval, self.evals, name, self.log, shard=shard, margin=False)
 
     def assemble(self, results: dict[str, dict], ctx: RunContext) -> dict:
         from lab.metrics import transfer_matrix
