@@ -355,6 +355,16 @@ def test_an_idle_worker_takes_a_share_of_a_states_evaluation(finished, tmp_path)
     assert not list((tmp_path / "w2" / "states").glob("*.shard-*")) and not list((tmp_path / "w2" / "states").glob("*.split.json"))
 
 
+@pytest.mark.parametrize("kind", ["localization", "censorship"])
+def test_kinds_without_shares_run_on_two_workers(finished, kind, tmp_path):
+    """--workers 2 on kinds whose states do not split their evaluation: the answers of one process."""
+    from lab.experiments import load_recipe, run
+
+    path, d, _ = finished[kind]
+    run(load_recipe(path), tmp_path / "w2", tracking="none", workers=2, log=lambda *a, **k: None)
+    assert (d / "generations.jsonl").read_text() == (tmp_path / "w2" / "generations.jsonl").read_text()
+
+
 def test_quantization_on_cpu_fails_before_writing(tmp_path):
     import torch
 

@@ -72,7 +72,8 @@ def worker(kind: str, recipe_json: dict, out: str, name: str, workers: int = 1, 
         _POOL["requests"].put((name, n))
         return n
 
-    return name, base.run_one_state(exp, name, ctx, split=split if workers > 1 and _POOL else None)
+    can_split = type(exp).eval_shard is not base.Experiment.eval_shard  # kinds that implement shares
+    return name, base.run_one_state(exp, name, ctx, split=split if workers > 1 and _POOL and can_split else None)
 
 
 def shard_worker(kind: str, recipe_json: dict, out: str, name: str, k: int, n: int) -> tuple[str, int, float]:
