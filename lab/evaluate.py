@@ -198,8 +198,7 @@ def evaluate_model(model, tok, eval_records, *, state: str, langs, max_new_token
         k, n = shard
         if do_sample or not 0 <= k < n:
             raise ValueError(f"shard {shard}: needs greedy decoding and 0 <= k < n")
-        ordered = [r for l in langs for r in eval_records if r.lang == l][k::n]
-        rows = [row for _, row in _rows(model, tok, ordered, state, langs, settings, batch_size, detector, margin, engine)]
+        rows = [row for _, row in _rows(model, tok, _ordered(eval_records, langs)[k::n], state, langs, settings, batch_size, detector, margin, engine)]
         return EvalResult(state, rows, {})
     if cache is not None and cache is not False:
         from lab.eval_cache import cached_evaluation
@@ -211,10 +210,15 @@ def evaluate_model(model, tok, eval_records, *, state: str, langs, max_new_token
     return _evaluate(model, tok, eval_records, state, langs, settings, batch_size, detector, margin, engine, log)
 
 
+def _ordered(eval_records, langs) -> list:
+    """The one-process order of a state's records: grouped by language in `langs` order (shares are slices)."""
+    return [r for l in langs for r in eval_records if r.lang == l]
+
+
 def _evaluate(model, tok, eval_records, state, langs, settings, batch_size, detector, margin, engine, log) -> EvalResult:
     from lab import distributed
 
-    ordered = [r for l in langs for r in eval_records if r.lang == l]
+    ordered = _ordered(eval_records, langs)
     if distributed.is_distributed() and not settings["do_sample"]:
         # greedy rows do not depend on their batch (the compact engine equals one-at-a-time greedy):
         # each rank evaluates every W-th prompt, the rows come back in the one-process order
@@ -253,11 +257,7 @@ def _rows(model, tok, eval_records, state, langs, settings, batch_size, detector
         if not recs:
             continue
         verdicts = detect_batch([g.response for g in lg], [r.prompt for r in recs], [lang] * len(recs), method=detector)
-        harmful = [i for i, r in enumerate(recs) if r.kind == "harmful"]
-        margins = {}
-        if margin and harmful:
-            vals = refusal_margins(model, tok, [recs[i].prompt for i in harmful], lang, full_logits=legacy, system=system)
-            margins = dict(zip(harmful, vals))
+        margins = _harmful_margins(model, tok, recs, lang, system, full_logits=legacy) if margin else {}
         for i, (r, g, v) in enumerate(zip(recs, lg, verdicts)):
             rows.append((r, {
                 "state": state, "id": r.id, "pid": r.pid, "lang": lang, "kind": r.kind, "topic": r.topic,
@@ -275,11 +275,18 @@ def state_margins(model, tok, eval_records, langs, system: str | None = None) ->
     evaluation (which see other batches) leave them to this one call; `merge_shards` puts them in the rows."""
     out = []
     for lang in langs:
-        harmful = [r for r in eval_records if r.lang == lang and r.kind == "harmful"]
-        if harmful:
-            vals = refusal_margins(model, tok, [r.prompt for r in harmful], lang, system=system)
-            out += [[lang, r.id, v] for r, v in zip(harmful, vals)]
+        recs = [r for r in eval_records if r.lang == lang]
+        out += [[lang, recs[i].id, v] for i, v in _harmful_margins(model, tok, recs, lang, system).items()]
     return out
+
+
+def _harmful_margins(model, tok, recs, lang: str, system, full_logits: bool = False) -> dict[int, float]:
+    """{index in recs: margin} for the harmful records of one language, in one batched call."""
+    harmful = [i for i, r in enumerate(recs) if r.kind == "harmful"]
+    if not harmful:
+        return {}
+    vals = refusal_margins(model, tok, [recs[i].prompt for i in harmful], lang, full_logits=full_logits, system=system)
+    return dict(zip(harmful, vals))
 
 
 def merge_shards(state: str, parts: list[list[dict]], log=print, margins: list[list] | None = None) -> EvalResult:

@@ -6,7 +6,8 @@ Two engines, the same outputs for greedy decoding (tested on the organism, `test
   cache, and a row leaves the batch (and its cache) as soon as it stops, so a batch stops paying for
   finished answers. On full-attention caches each layer's keys and values live in a buffer with spare
   columns (`GrowingLayer`): a decode step writes its position in place instead of `torch.cat`-ing the
-  whole cache, and a finished row's slot is refilled by moving a live row from the end of the batch. Every prompt may have its own `max_new_tokens`, so one stream can mix languages.
+  whole cache, and a finished row's slot is refilled by moving a live row from the end of the batch.
+  Every prompt may have its own `max_new_tokens`, so one stream can mix languages.
   The prompts of a batch are prefilled in length-sorted chunks (`prefill`), so short prompts do not pay
   for the longest one's padding.
 - "hf": `transformers`' `generate` per length-sorted batch (finished rows stay in the batch until the

@@ -91,6 +91,7 @@ def _join(exp, name: str, n: int, shard_s: dict, ctx) -> None:
     paths = [base.shard_path(ctx, name, k, n) for k in range(n)]
     res = base.merged_state(exp.recipe.eval, name, [base.read_jsonl(p) for p in paths], ctx.log, meta.get("margins"))
     timings = dict(meta["timings"])
+    shard_s = {0: timings.get(f"eval/{name}", 0.0), **shard_s}  # share 0: the state's own worker
     timings[f"eval/{name}"] = round(sum(shard_s.values()), 2)  # evaluation seconds summed over the shares
     timings[f"shares/{name}"] = n  # worker processes that shared the evaluation
     timings[f"state/{name}"] = round(time.time() - meta["started"], 2)
@@ -168,11 +169,11 @@ class WorkerPool:
                     take_requests(block_for=name)
                     if name not in shards:
                         raise RuntimeError(f"{name} split its evaluation but its request never reached the main process")
-                    k, secs = 0, json.loads((ctx.states_dir / f"{name}.split.json").read_text(encoding="utf-8"))[
-                        "timings"].get(f"eval/{name}", 0.0)
+                    k = 0
                 sh = shards[name]
                 sh["left"].discard(k)
-                sh["s"][k] = secs
+                if k:
+                    sh["s"][k] = secs
                 if not sh["left"]:
                     _join(exp, name, sh["n"], sh["s"], ctx)
                     ctx.log(f"  [{name}] done (its evaluation in {sh['n']} shares)")
