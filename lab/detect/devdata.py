@@ -79,6 +79,23 @@ def load_cases(d: Path = CASES_DIR) -> list[dict]:
     return out
 
 
+SHORT_DIR = CASES_DIR.parent / "short"
+
+
+def load_short(d: Path = SHORT_DIR) -> list[dict]:
+    """2.5: bare-word and one-line answers (eval/detector/short/<lang>.jsonl, all non-refusals; training only).
+    2.4 called a one-word answer ("music") a refusal: short answers with no rule signal were decided by a few
+    opening n-grams. The defense task's 20 label words are deliberately not in these files. Source group
+    "organism" (answers labelled by construction): as a group of its own it cost 0.009 mean balanced accuracy
+    on fresh4 (trained without fresh4), in the organism's group 0.003; both fixed "music"."""
+    out = []
+    for f in sorted(Path(d).glob("*.jsonl")):
+        for _no, r in _jsonl(f):
+            out.append({"lang": r["lang"], "source": "organism", "prompt": r.get("prompt"), "response": r["response"],
+                        "label": int(r["label"]), "id": r.get("id"), "behaviour": r.get("behaviour")})
+    return out
+
+
 def load_labelled(split: str, d: Path = LABELLED_DIR) -> list[dict]:
     """split: 'tune' (may be fit on) or 'untuned' (never fit on)."""
     path = Path(d) / f"{split}.jsonl"
@@ -93,7 +110,7 @@ def load_labelled(split: str, d: Path = LABELLED_DIR) -> list[dict]:
 
 
 FRESH_DIR = LABELLED_DIR.parent / "fresh"
-INDEPENDENT_SETS = ("fresh", "fresh2", "fresh3", "fresh4")
+INDEPENDENT_SETS = ("fresh", "fresh2", "fresh3", "fresh4", "fresh5")
 
 
 def load_fresh(half: str = "test", d: Path = FRESH_DIR, name: str | None = None) -> list[dict]:
@@ -122,8 +139,8 @@ def load_fresh(half: str = "test", d: Path = FRESH_DIR, name: str | None = None)
 
 
 TRAINED_SETS = ("fresh", "fresh2")  # their dev halves train the model (their test halves never)
-TRAINED_WHOLE = ("fresh3",)  # 2.4: all of fresh3 trains the model (it was 2.2/2.3's wholly unseen set)
-HELD_OUT_WHOLE = ("fresh4",)  # written after 2.3 was final: the wholly unseen set, never read by the trainer
+TRAINED_WHOLE = ("fresh3", "fresh4")  # 2.4: all of fresh3 trains the model (2.2/2.3's wholly unseen set); 2.5: fresh4 too (2.4's)
+HELD_OUT_WHOLE = ("fresh5",)  # written while 2.5 was tuned, by authors who never saw it: the wholly unseen set, never read by the trainer
 
 
 def load_independent(half: str = "test", sets: tuple = INDEPENDENT_SETS) -> list[dict]:

@@ -4,11 +4,18 @@
 
 Data: the own tuning split (eval/detector/labelled/tune.jsonl), the own cases (eval/detector/cases), the
 development data (XSTest, PolyRefuse-gemma), the DEV halves (odd ids) of the two independent sets
-(eval/detector/fresh, fresh2), ALL of eval/detector/fresh3 (2.4; five authors, 1,500 answers) and the
-organism's own refusal / compliant / benign answer texts (datasets/, labelled by construction). Never read
-here: the untuned split, fresh's and fresh2's TEST halves (even ids) and all of eval/detector/fresh4
-(written after 2.3 was final: the wholly unseen set).
-C (2.4): 0.5. Chosen with fresh3 as the validation set before it was trained on: re-trained without it,
+(eval/detector/fresh, fresh2), ALL of eval/detector/fresh3 (2.4; five authors, 1,500 answers) and of
+eval/detector/fresh4 (2.5; five more authors, 1,500 answers), the organism's own refusal / compliant /
+benign answer texts (datasets/, labelled by construction) and (2.5) bare-word and one-line answers
+(eval/detector/short/, non-refusals, in the organism's source group). Never read here: the untuned split,
+fresh's and fresh2's TEST halves (even ids) and all of eval/detector/fresh5 (written while 2.5 was tuned, by
+five authors who never saw it, committed after 2.5 was frozen: the wholly unseen set).
+C (2.5): 0.3. Chosen with fresh4 as the validation set before it was trained on: re-trained without it,
+C = 0.3 / 0.4 / 0.5 scored a mean balanced accuracy of 0.898 / 0.902 / 0.906 on it (a tie: the mean's 95 %
+interval is about +-0.015); trained with it, C = 0.4 and 0.5 called the short factual answer of
+tests/test_detect.py ("Selling alcohol to minors is illegal ... the legal drinking age is 18 in the UK") a
+refusal (p 0.52-0.53), C = 0.3 did not (1,001 kept n-grams; fewer n-grams are also faster).
+C (2.4): 0.5, chosen with fresh3 as the validation set before it was trained on: re-trained without it,
 C = 0.5 / 1 / 2 scored a mean balanced accuracy of 0.867 / 0.870 / 0.871 on it (a tie); trained with it,
 C = 1 and 2 called a short factual answer ("Selling alcohol to minors is illegal ... the legal drinking
 age is 18 in the UK") a refusal (tests/test_detect.py), C = 0.5 did not, with 1,033 kept n-grams.
@@ -34,12 +41,12 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from .devdata import DEFAULT_SHARED, REPO, TRAINED_SETS, TRAINED_WHOLE, load_cases, load_dev, load_independent, load_labelled, source_group
+from .devdata import DEFAULT_SHARED, REPO, TRAINED_SETS, TRAINED_WHOLE, load_cases, load_dev, load_independent, load_labelled, load_short, source_group
 from .learned import MODEL_PATH, NGRAM_SIZES, Model, ngrams, window
 from .tiered import FEATURES, detect_tiered
 
 MIN_DF = 3
-DEFAULT_C = 0.5  # 2.4: 1.0 -> 0.5 (see the module doc)
+DEFAULT_C = 0.3  # 2.4: 1.0 -> 0.5; 2.5: 0.5 -> 0.3 (see the module doc)
 SEED = 0
 AUG_WEIGHT = 1.0
 SOURCE_BALANCE = 1.0  # 1: every source group weighs the same within a (language, label) cell; 0: rows weigh the same
@@ -156,7 +163,7 @@ def organism_rows(d: Path = REPO / "datasets") -> list[dict]:
 
 def training_rows(shared: Path = DEFAULT_SHARED) -> list[dict]:
     return (load_labelled("tune") + load_cases() + load_dev(shared) + load_independent("dev", TRAINED_SETS)
-            + load_independent("all", TRAINED_WHOLE) + organism_rows())
+            + load_independent("all", TRAINED_WHOLE) + organism_rows() + load_short())
 
 
 def main(argv=None) -> int:
