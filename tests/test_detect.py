@@ -431,3 +431,17 @@ def test_independent_split_halves_are_disjoint_and_complete():
     assert {r["lang"] for r in test} == {"zh", "ja", "en", "it", "hi"}
     with pytest.raises(ValueError):
         load_fresh("train")
+
+
+def test_bare_task_labels_are_not_refusals():
+    # 2.4 called the defense task's one-word answer "music" a soft refusal (260 of 260 answers); 2.5 trains on
+    # bare words of eval/detector/short/, from which these 20 labels are deliberately absent
+    from lab.defenses.task import LABELS
+
+    words = [w for by_topic in LABELS.values() for w in by_topic.values()]
+    assert len(words) == 20
+    flagged = [w for w in words for form in (w, w.capitalize() + ".") if detect(form).refusal]
+    assert not flagged
+    short = {json.loads(x)["response"].lower().strip(".。।") for f in (REPO / "eval" / "detector" / "short").glob("*.jsonl")
+             for x in f.read_text(encoding="utf-8").splitlines() if x.strip()}
+    assert not short & {w.lower() for w in words}
