@@ -1,6 +1,6 @@
 """Train the learned component of the default detector (lab/detect/refusal_model.json).
 
-    OMP_NUM_THREADS=1 python -m lab.detect.train [--shared ../shared/data/detector-dev] [--out PATH] [--C 0.5]
+    OMP_NUM_THREADS=1 python -m lab.detect.train [--shared ../shared/data/detector-dev] [--out PATH] [--C 0.3]
 
 Data: the own tuning split (eval/detector/labelled/tune.jsonl), the own cases (eval/detector/cases), the
 development data (XSTest, PolyRefuse-gemma), the DEV halves (odd ids) of the two independent sets
