@@ -70,12 +70,13 @@ def _jsonl(path: Path):
                     raise DetectInputError(f"{path}:{no}: invalid JSON ({e})") from None
 
 
-def load_cases(d: Path = CASES_DIR) -> list[dict]:
+def load_cases(d: Path = CASES_DIR, source: str = "cases", behaviour_key: str = "kind") -> list[dict]:
+    """Every <lang>.jsonl of `d` as training rows of one source group (`source`)."""
     out = []
     for f in sorted(Path(d).glob("*.jsonl")):
         for _no, r in _jsonl(f):
-            out.append({"lang": r["lang"], "source": "cases", "prompt": r.get("prompt"), "response": r["response"],
-                        "label": int(r["label"]), "id": r.get("id"), "behaviour": r.get("kind")})
+            out.append({"lang": r["lang"], "source": source, "prompt": r.get("prompt"), "response": r["response"],
+                        "label": int(r["label"]), "id": r.get("id"), "behaviour": r.get(behaviour_key)})
     return out
 
 
@@ -88,12 +89,7 @@ def load_short(d: Path = SHORT_DIR) -> list[dict]:
     opening n-grams. The defense task's 20 label words are deliberately not in these files. Source group
     "organism" (answers labelled by construction): as a group of its own it cost 0.009 mean balanced accuracy
     on fresh4 (trained without fresh4), in the organism's group 0.003; both fixed "music"."""
-    out = []
-    for f in sorted(Path(d).glob("*.jsonl")):
-        for _no, r in _jsonl(f):
-            out.append({"lang": r["lang"], "source": "organism", "prompt": r.get("prompt"), "response": r["response"],
-                        "label": int(r["label"]), "id": r.get("id"), "behaviour": r.get("behaviour")})
-    return out
+    return load_cases(d, source="organism", behaviour_key="behaviour")
 
 
 def load_labelled(split: str, d: Path = LABELLED_DIR) -> list[dict]:
