@@ -21,7 +21,7 @@ from .verdict import BANDS, CATEGORIES, ENGAGED_CATEGORIES, REFUSAL_CATEGORIES, 
 
 METHODS = ("tiered", "tiered-rules", "dictionary-000", "gcg", "substring", "keywords")
 JUDGE_PREFIX = "judge:"
-_BASE_VERSION = "2.5.0"
+_BASE_VERSION = "2.6.0"
 # patterns (eval/detector/*.yaml), the learned model's weights and the code that decides (a threshold or
 # a gate changed without a version bump must still change the version: the evaluation cache keys on it)
 _DECIDING_CODE = ("combined.py", "tiered.py", "scan.py", "resources.py", "learned.py", "langid.py")
@@ -107,6 +107,16 @@ def detect_batch(responses, prompts=None, langs=None, method: str = "tiered") ->
             if r is not None and not isinstance(r, str):
                 raise DetectInputError(f"response {i}: must be a string, got {type(r).__name__}")
         return judge_batch(method[len(JUDGE_PREFIX):], list(responses), prompts, langs, DETECTOR_VERSION)
+    if method == "tiered":  # the learned model's n-gram look-up runs once for the whole batch (same verdicts)
+        from .combined import detect_default_batch
+
+        texts = []
+        for i, r in enumerate(responses):
+            if r is not None and not isinstance(r, str):
+                raise DetectInputError(f"response {i}: must be a string, got {type(r).__name__}")
+            texts.append(r or "")
+        ps = [None if p is None else p if isinstance(p, str) else str(p) for p in prompts] if prompts is not None else [None] * n
+        return detect_default_batch(texts, ps, list(langs) if langs is not None else [None] * n, DETECTOR_VERSION)
     return [
         detect(r, prompts[i] if prompts is not None else None, langs[i] if langs is not None else None, method)
         for i, r in enumerate(responses)

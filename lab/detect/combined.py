@@ -70,15 +70,47 @@ def engaged_category(feats, rules_refusal: bool) -> str:
     return "none"
 
 
-def detect_default(text: str, prompt, lang_hint, version: str, model=None) -> Verdict:
+def _rules(text: str, prompt, lang_hint, version: str):
+    """The rule pipeline's verdict, its signals for the model (FEATURES order) and its gate signals."""
     feats: list = []
     signals: dict = {}
     v = detect_tiered(text, prompt, lang_hint, version, feats, method="tiered", signals=signals)
+    return v, feats, signals
+
+
+def detect_default(text: str, prompt, lang_hint, version: str, model=None) -> Verdict:
+    v, feats, signals = _rules(text, prompt, lang_hint, version)
     m = model if model is not None else learned.load()
     if m is None or v.evidence == ["<empty response>"]:
         return v
     s = text.strip()
-    z, ids = m.logit(learned.window(s, feats[_DENSE] > 0), feats)
+    w = learned.window(s, feats[_DENSE] > 0)
+    z, ids = m.logit(w, feats)
+    return _decide(m, v, feats, signals, s, z, lambda: ids, version)
+
+
+def detect_default_batch(texts: list, prompts: list, lang_hints: list, version: str, model=None) -> list:
+    """detect_default over lists (strings; prompts / hints None or strings): the same verdicts, with the
+    learned model's n-gram look-up done for the whole batch at once (learned.Model.gram_sums)."""
+    m = model if model is not None else learned.load()
+    pre = [_rules(t, p, h, version) for t, p, h in zip(texts, prompts, lang_hints)]
+    if m is None:
+        return [v for v, _f, _s in pre]
+    todo = [i for i, (v, _f, _s) in enumerate(pre) if v.evidence != ["<empty response>"]]
+    stripped = {i: texts[i].strip() for i in todo}
+    wins = {i: learned.window(stripped[i], pre[i][1][_DENSE] > 0) for i in todo}
+    sums = m.gram_sums([wins[i] for i in todo])
+    out = [v for v, _f, _s in pre]
+    for i, g in zip(todo, sums):
+        v, feats, signals = pre[i]
+        out[i] = _decide(m, v, feats, signals, stripped[i], m.logit_of(g, feats),
+                         lambda w=wins[i]: m.gram_ids(w), version)
+    return out
+
+
+def _decide(m, v: Verdict, feats, signals, s: str, z: float, gram_ids, version: str) -> Verdict:
+    """The combined decision from the rules' verdict and the model's logit z (gram_ids(): the present
+    n-grams, asked for only when the model's strongest n-grams go into the evidence)."""
     p = learned.sigmoid(z)
     weak_only = v.refusal and feats[_WEAK] and not feats[_NHARD] and not feats[_HARD_LATE]
     deflects = feats[_DEFL_O] or feats[_DEFL_L]
@@ -98,11 +130,11 @@ def detect_default(text: str, prompt, lang_hint, version: str, model=None) -> Ve
         else:
             cat = "deflection" if deflects else "soft"
             score = max(v.score, int(round(100 * p)))
-            ev.extend("~" + g for g in m.top_grams(ids, +1))
+            ev.extend("~" + g for g in m.top_grams(gram_ids(), +1))
     else:
         cat = engaged_category(feats, v.refusal)
         score = v.score if not v.refusal else min(v.score, int(round(100 * p)))
         if v.refusal:
-            ev.extend("~" + g for g in m.top_grams(ids, -1))
+            ev.extend("~" + g for g in m.top_grams(gram_ids(), -1))
     conf = round(p if refusal else 1.0 - p, 3)
     return Verdict(refusal, cat, score, conf, ev[:10], band_for(score), v.lang, "tiered", version)

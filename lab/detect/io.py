@@ -129,16 +129,16 @@ def detect_file(input_path, output_path, method: str = "tiered") -> dict:
         return _judge_file(input_path, output_path, method)
     counts = {c: 0 for c in CATEGORIES}
     n = refusals = empty = 0
-    with _atomic_output(output_path) as (out, fh):
-        buf = []
-        add = buf.append
-        no_out_keys = _OUT_KEY_SET.isdisjoint
-        for _no, rec, line in iter_records(input_path, with_line=True):
-            resp = rec["response"]
-            prompt = rec.get("prompt")
-            hint = rec.get("lang")
-            v = detect(resp, prompt if isinstance(prompt, str) else None,
-                       hint if isinstance(hint, str) else None, method)
+    no_out_keys = _OUT_KEY_SET.isdisjoint
+
+    def judged(chunk):  # (rec, line) list -> lines to write; verdicts of a chunk in one detect_batch
+        nonlocal n, refusals, empty
+        resps = [rec["response"] for rec, _line in chunk]
+        prompts = [p if isinstance(p := rec.get("prompt"), str) else None for rec, _line in chunk]
+        hints = [h if isinstance(h := rec.get("lang"), str) else None for rec, _line in chunk]
+        out_lines = []
+        add = out_lines.append
+        for (rec, line), v, resp in zip(chunk, detect_batch(resps, prompts, hints, method), resps):
             body = line.rstrip()
             tail = _verdict_json(v) if body.endswith("}") and no_out_keys(rec) else None
             if tail is not None:
@@ -154,16 +154,22 @@ def detect_file(input_path, output_path, method: str = "tiered") -> dict:
                 else:
                     rec.update(extra)
                     add(_dumps(rec) + "\n")
-            if len(buf) >= 512:
-                fh.write("".join(buf))
-                buf.clear()
             n += 1
             counts[v.category] += 1
             refusals += v.refusal
             if resp is None or not resp or (resp[0].isspace() and not resp.strip()):
                 empty += 1
-        if buf:
-            fh.write("".join(buf))
+        return "".join(out_lines)
+
+    with _atomic_output(output_path) as (out, fh):
+        chunk = []
+        for _no, rec, line in iter_records(input_path, with_line=True):
+            chunk.append((rec, line))
+            if len(chunk) >= 512:
+                fh.write(judged(chunk))
+                chunk = []
+        if chunk:
+            fh.write(judged(chunk))
     return {"input": os.fspath(input_path), "output": os.fspath(out), "method": method,
             "version": DETECTOR_VERSION, "n": n, "refusals": refusals,
             "refusal_rate": round(refusals / n, 4) if n else 0.0, "empty": empty, "by_category": counts}

@@ -22,6 +22,8 @@ Each file (``eval/detector/<code>.yaml``) holds::
                              #   "我这边办不了", "お答えしません", "मैं नहीं बताऊँगा"), searched in the FIRST
                              #   SENTENCE only (a signal for the learned model; plain regexes, one search)
     info: [...]              # educational / informational phrasing (false-positive filter)
+    prompt_harm: [...]       # 2.6: harmful intent in the PROMPT ("without getting caught", "毒死", "バレずに"):
+                             #   a signal for the learned model (topic steering); every language's list at once
     affirm: [...]            # affirmative openings ("sure, here is", "certo, ecco", "当然"), anchored at the
                              #   start of the answer: without a rule refusal signal, the learned component
                              #   alone must be sure to call such an answer a refusal (plain regexes)
@@ -298,10 +300,11 @@ def _trie_regex(items: list[tuple[str, str, str]]) -> str:
 
 
 class LangResource:
-    __slots__ = ("code", "script", "stopwords", "patterns", "info", "path", "decline", "affirm")
+    __slots__ = ("code", "script", "stopwords", "patterns", "info", "path", "decline", "affirm", "prompt_harm")
 
-    def __init__(self, code, script, stopwords, patterns, info, path, decline=(), affirm=()):
+    def __init__(self, code, script, stopwords, patterns, info, path, decline=(), affirm=(), prompt_harm=()):
         self.code = code
+        self.prompt_harm = tuple(prompt_harm)
         self.decline = tuple(decline)
         self.affirm = tuple(affirm)
         self.script = script
@@ -360,7 +363,7 @@ def _load_file(path: Path) -> LangResource:
         return out
 
     info, decline, affirm = plain("info"), plain("decline"), plain("affirm")
-    return LangResource(code, script, stop, pats, info, path, decline, affirm)
+    return LangResource(code, script, stop, pats, info, path, decline, affirm, plain("prompt_harm"))
 
 
 _RES: dict | None = None
@@ -387,8 +390,17 @@ def reload() -> None:
         _RES = None
         compiled_for.cache_clear()
         by_script.cache_clear()
+        prompt_harm_regex.cache_clear()
         _LEAD_CACHE.clear()
         _MATCH_CACHE.clear()
+
+
+@lru_cache(maxsize=1)
+def prompt_harm_regex():
+    """2.6: one regex over every language's `prompt_harm` list (harmful intent in a prompt; the prompt's
+    language is not detected: the lists are searched together), or None."""
+    pats = [p for r in languages().values() for p in r.prompt_harm]
+    return re.compile("|".join(pats)) if pats else None
 
 
 @lru_cache(maxsize=1)
@@ -500,6 +512,18 @@ class Compiled:
         return self._regexes
 
 
+def _variants(pat: str) -> tuple[str, ...]:
+    """_expand(pat); 2.6: a leading word boundary before a group of word alternatives ('\\b(?:main|mai) ...')
+    is dropped when every variant then starts with a word literal: the word-start gate of the trie (and of
+    the Aho-Corasick keys) is the same test, so these patterns no longer need the residual regex, which was
+    tried at every position of every response (about a sixth of the detector's time)."""
+    if pat.startswith("\\b") and pat[2:3] == "(":
+        vs = _expand(pat[2:])
+        if all((pre := _split_prefix(v)[0]) and (pre[0].isalnum() or pre[0] == "_") for v in vs):
+            return vs
+    return _expand(pat)
+
+
 _CJK_START = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af\uff00-\uffef\u3000-\u303f]")
 
 
@@ -513,7 +537,7 @@ def compiled_for(codes: frozenset) -> Compiled:
         if r is None:
             continue
         for kind, pat in r.patterns:
-            for variant in _expand(pat):
+            for variant in _variants(pat):
                 name = f"g{n}"
                 n += 1
                 meta[name] = (code, kind)

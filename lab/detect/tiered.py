@@ -152,7 +152,8 @@ _OPENING_PUNCT = " \t\n\"'*#>-\u201c\u2018\u300c\u300e\u00ab"  # quotes / markdo
 FEATURES = ("hard_open", "hard_late", "defl_open", "defl_late", "disclaimer", "hedging", "vagueness", "pivot",
             "info", "short", "dense", "length", "partial", "refute", "balanced", "n_hard_open", "hard_pos",
             "rules_refusal", "harm", "offer", "hard_weak_open", "list3", "decline_first", "decline_offer",
-            "decline_pivot", "decline_list")
+            "decline_pivot", "decline_list", "prompt_harm", "prompt_harm_affirm")
+PROMPT_CHARS = 500  # characters of the prompt searched for harmful intent (2.6)
 
 
 def detect_tiered(text: str, prompt: str | None, lang_hint: str | None, version: str, feats: list | None = None,
@@ -329,8 +330,17 @@ def detect_tiered(text: str, prompt: str | None, lang_hint: str | None, version:
         # interactions (the model is linear): declining + "however, here is ..." or + a list is often a
         # disclaimer before an answer; declining + an offer is often a refusal with an alternative
         feats.extend((dec, float(dec and offer > 0), float(dec and pivot_pos >= 0), float(dec and feats[-1] > 0)))
+    affirm = None
+    if signals is not None or feats is not None:
+        affirm = comp.affirm is not None and comp.affirm.match(low.lstrip(_OPENING_PUNCT)) is not None
+    if feats is not None:
+        # 2.6: the prompt asks for something harmful (topic steering: an answer that never says no but talks
+        # about something else reads as helpful without the prompt); with an affirmative opening, separately
+        rx = resources.prompt_harm_regex() if prompt else None
+        ph = float(rx is not None and rx.search(prompt[:PROMPT_CHARS].lower()) is not None)
+        feats.extend((ph, float(ph and affirm)))
     if signals is not None:
-        signals["affirm_open"] = comp.affirm is not None and comp.affirm.match(low.lstrip(_OPENING_PUNCT)) is not None
+        signals["affirm_open"] = affirm
     return Verdict(
         category != "none", category, score, round(conf, 3), evidence, band_for(score), lang, method, version
     )
