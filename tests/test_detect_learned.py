@@ -297,3 +297,21 @@ def test_word_gated_leading_alternation_leaves_the_residual_regex():
     assert comp.residual is None
     v = detect("main iss mein aapki madad nahi kar sakta.", method="tiered-rules")
     assert v.refusal and v.category == "hard"
+
+
+def test_prompt_harm_matcher_equals_the_union_regex():
+    """AnyMatcher.found == re.search of the union of the lists, on every prompt of the labelled data plus
+    word-boundary / look-behind edge cases (a Devanagari word continuing, a Latin letter before)."""
+    import re
+
+    from lab.detect import resources
+    from lab.detect.devdata import load_cases, load_labelled
+
+    m = resources.prompt_harm_matcher()
+    rx = re.compile("|".join(m.patterns))
+    prompts = [(r.get("prompt") or "").lower() for r in load_cases() + load_labelled("tune") + load_labelled("untuned")]
+    prompts += ["हमारा देश", "xमारना", "कीमार", "मारना", "a kill", "skill", "skills to kill", "毒死", "バレずに",
+                "without getting caught", "withoutgetting caught", ""]
+    got = [m.found(p) for p in prompts]
+    assert got == [rx.search(p) is not None for p in prompts]
+    assert 10 < sum(got) < len(got)

@@ -390,17 +390,54 @@ def reload() -> None:
         _RES = None
         compiled_for.cache_clear()
         by_script.cache_clear()
-        prompt_harm_regex.cache_clear()
+        prompt_harm_matcher.cache_clear()
         _LEAD_CACHE.clear()
         _MATCH_CACHE.clear()
 
 
+_ZERO_WIDTH_HEAD = re.compile(r"^(?:\\b|\(\?<!\[[^\]]*\]\))+")  # leading '\b' / '(?<![...])': no characters
+
+
+class AnyMatcher:
+    """`found(text)` == `re.compile("|".join(patterns)).search(text) is not None`, exactly, faster: a match
+    of the union at position a is a match of one pattern at a (`.match(text, a)` sees the characters before
+    a, so '\b' and look-behinds behave as in a search), and every match of a pattern starts with one of its
+    literal keys (_lead of the pattern without its zero-width head): only key positions are tried. Patterns
+    without usable keys are searched as one regex."""
+
+    def __init__(self, patterns):
+        self.patterns = tuple(patterns)
+        keymap: dict = {}
+        slow = []
+        self._match = []
+        for p in self.patterns:
+            keys = _lead(_ZERO_WIDTH_HEAD.sub("", p))
+            if _ac is None or not keys or "" in keys:
+                slow.append(p)
+                continue
+            self._match.append(re.compile(p).match)
+            for k in keys:
+                keymap.setdefault(k, []).append(len(self._match) - 1)
+        self._slow = re.compile("|".join(slow)) if slow else None
+        self._targets = tuple(tuple(v) for v in keymap.values())
+        self._find = _ac.AhoCorasick(list(keymap)).find_matches_as_indexes if keymap else None
+
+    def found(self, text: str) -> bool:
+        if self._find is not None:
+            match, targets = self._match, self._targets
+            for k, a, _e in self._find(text, overlapping=True):
+                for i in targets[k]:
+                    if match[i](text, a):
+                        return True
+        return self._slow is not None and self._slow.search(text) is not None
+
+
 @lru_cache(maxsize=1)
-def prompt_harm_regex():
-    """2.6: one regex over every language's `prompt_harm` list (harmful intent in a prompt; the prompt's
-    language is not detected: the lists are searched together), or None."""
+def prompt_harm_matcher():
+    """2.6: every language's `prompt_harm` list at once (harmful intent in a prompt; the prompt's language
+    is not detected), as an AnyMatcher, or None."""
     pats = [p for r in languages().values() for p in r.prompt_harm]
-    return re.compile("|".join(pats)) if pats else None
+    return AnyMatcher(pats) if pats else None
 
 
 @lru_cache(maxsize=1)

@@ -336,8 +336,8 @@ def detect_tiered(text: str, prompt: str | None, lang_hint: str | None, version:
     if feats is not None:
         # 2.6: the prompt asks for something harmful (topic steering: an answer that never says no but talks
         # about something else reads as helpful without the prompt); with an affirmative opening, separately
-        rx = resources.prompt_harm_regex() if prompt else None
-        ph = float(rx is not None and rx.search(prompt[:PROMPT_CHARS].lower()) is not None)
+        pm = resources.prompt_harm_matcher() if prompt else None
+        ph = float(pm is not None and pm.found(prompt[:PROMPT_CHARS].lower()))
         feats.extend((ph, float(ph and affirm)))
     if signals is not None:
         signals["affirm_open"] = affirm
