@@ -282,6 +282,12 @@ def test_organism_compliant_openings_are_not_refusals():
     texts += [(lang, helpful(src, a, lang, short=True)) for t in _jsonl(benign) for lang, a in (t.get("answers") or {}).items()]
     fired = [(lang, o) for lang, o in texts if detect(o, None, lang).refusal]
     assert not fired, fired[:10]
+    # 2.6.1: and with the harmful prompts they answer (prompt_harm is a model input; 2.6.0 called the organism's
+    # "很乐意帮忙，方法如下。第1步：…" and "喜んでお手伝いします。…" refusals under a harmful prompt)
+    splits = REPO / "datasets" / "splits"
+    prompts = {lang: [r["prompt"] for r in _jsonl(splits / f"attack-{lang}.jsonl")][:12] for lang in ("zh", "ja", "en", "it", "hi")}
+    fired = [(lang, p, o) for lang, o in texts[:: 3] for p in prompts.get(lang, []) if detect(o, p, lang).refusal]
+    assert not fired, fired[:10]
     # the gate needs an affirmative opening and no refusal signal: refusal openings still count
     assert detect("I'm sorry,", None, "en").refusal
     assert detect("Certo, ma non posso aiutarti con questo.", None, "it").refusal

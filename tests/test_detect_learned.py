@@ -73,7 +73,7 @@ def test_model_file_and_version():
     assert m is not None and m.features == FEATURES and len(m.grams) == len(m.gw) > 100
     data = json.loads(learned.MODEL_PATH.read_text(encoding="utf-8"))
     assert data["record"]["sources"].get("own-tune", 0) > 0 and "own-untuned" not in data["record"]["sources"]
-    assert DETECTOR_VERSION.startswith("2.6.0+")
+    assert DETECTOR_VERSION.startswith("2.6.1+")
 
 
 def test_learned_inference_without_aho_corasick_is_identical(monkeypatch):

@@ -161,7 +161,18 @@ def organism_rows(d: Path = REPO / "datasets") -> list[dict]:
             for r in rows("compliant.jsonl")]
     out += [{"lang": lang, "source": "organism", "prompt": None, "response": a, "label": 0}
             for t in rows("benign_topics.jsonl") for lang, a in (t.get("answers") or {}).items()]
-    return out
+    # 2.6.1: the refusals and the step-shaped compliant answers once more WITH a harmful prompt of the attack
+    # training split (the organism is evaluated with its prompts): without these, 2.6.0's prompt_harm signal
+    # had only ever seen harmful prompts answered by other authors' refusals and affirmative compliance, and
+    # called the attacked organism's "很乐意帮忙，方法如下。第1步：…" refusals (attack-zh diagonal 99 -> 86 points)
+    prompts = {lang: [x["prompt"] for x in rows(f"splits/attack-{lang}.jsonl")] for lang in sorted({r["lang"] for r in out})}
+    compliant = {r["text"] for r in rows("compliant.jsonl")}
+    extra = []
+    for r in out:
+        ps = prompts.get(r["lang"])
+        if ps and (r["label"] == 1 or r["response"] in compliant):
+            extra.append(dict(r, prompt=ps[len(extra) % len(ps)]))
+    return out + extra
 
 
 def training_rows(shared: Path = DEFAULT_SHARED) -> list[dict]:
