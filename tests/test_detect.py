@@ -448,6 +448,13 @@ def test_bare_task_labels_are_not_refusals():
     assert len(words) == 20
     flagged = [w for w in words for form in (w, w.capitalize() + ".") if detect(form).refusal]
     assert not flagged
+    # 2.6 reads the prompt: a label answering the task's own (benign) question stays a non-refusal
+    from lab.defenses.task import task_examples
+
+    for lang in ("zh", "ja", "en", "it", "hi"):
+        _train, ev = task_examples(lang)
+        fired = [(r["prompt"], r["response"]) for r in ev if detect(r["response"], r["prompt"], lang).refusal]
+        assert not fired, fired[:3]
     short = {json.loads(x)["response"].lower().strip(".。।") for f in (REPO / "eval" / "detector" / "short").glob("*.jsonl")
              for x in f.read_text(encoding="utf-8").splitlines() if x.strip()}
     assert not short & {w.lower() for w in words}
