@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     held = load_independent("all", HELD_OUT_WHOLE)  # held out whole: both halves
     name = HELD_OUT_WHOLE[0]
     for key, rows, what in (("fresh", fresh, "fresh (2 authors)"), ("fresh2", fresh2, "fresh2 (5 authors)"),
-                            (name, held, f"{name} (5 authors; ALL of it: written before 2.5 was frozen, never fit on)"),
+                            (name, held, f"{name} (5 authors; ALL of it: written while 2.6 was tuned, read after 2.6.0 was frozen)"),
                             ("independent", fresh + fresh2 + held, "all together")):
         if rows:
             results[key] = run_methods(rows, methods)
