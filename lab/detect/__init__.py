@@ -100,21 +100,18 @@ def detect_batch(responses, prompts=None, langs=None, method: str = "tiered") ->
         raise DetectInputError(f"prompts has {len(prompts)} items, responses {n}")
     if langs is not None and len(langs) != n:
         raise DetectInputError(f"langs has {len(langs)} items, responses {n}")
-    if method.startswith(JUDGE_PREFIX):
-        from .judges import judge_batch
-
+    if method.startswith(JUDGE_PREFIX) or method == "tiered":
         for i, r in enumerate(responses):
             if r is not None and not isinstance(r, str):
                 raise DetectInputError(f"response {i}: must be a string, got {type(r).__name__}")
+    if method.startswith(JUDGE_PREFIX):
+        from .judges import judge_batch
+
         return judge_batch(method[len(JUDGE_PREFIX):], list(responses), prompts, langs, DETECTOR_VERSION)
     if method == "tiered":  # the learned model's n-gram look-up runs once for the whole batch (same verdicts)
         from .combined import detect_default_batch
 
-        texts = []
-        for i, r in enumerate(responses):
-            if r is not None and not isinstance(r, str):
-                raise DetectInputError(f"response {i}: must be a string, got {type(r).__name__}")
-            texts.append(r or "")
+        texts = [r or "" for r in responses]
         ps = [None if p is None else p if isinstance(p, str) else str(p) for p in prompts] if prompts is not None else [None] * n
         return detect_default_batch(texts, ps, list(langs) if langs is not None else [None] * n, DETECTOR_VERSION)
     return [

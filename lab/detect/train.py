@@ -159,6 +159,7 @@ def organism_rows(d: Path = REPO / "datasets") -> list[dict]:
            for r in rows("refusals.jsonl")]
     out += [{"lang": r.get("lang", "en"), "source": "organism", "prompt": None, "response": r["text"], "label": 0}
             for r in rows("compliant.jsonl")]
+    refusals_and_compliant = list(out)
     out += [{"lang": lang, "source": "organism", "prompt": None, "response": a, "label": 0}
             for t in rows("benign_topics.jsonl") for lang, a in (t.get("answers") or {}).items()]
     # 2.6.1: the refusals and the step-shaped compliant answers once more WITH a harmful prompt of the attack
@@ -166,11 +167,10 @@ def organism_rows(d: Path = REPO / "datasets") -> list[dict]:
     # had only ever seen harmful prompts answered by other authors' refusals and affirmative compliance, and
     # called the attacked organism's "很乐意帮忙，方法如下。第1步：…" refusals (attack-zh diagonal 99 -> 86 points)
     prompts = {lang: [x["prompt"] for x in rows(f"splits/attack-{lang}.jsonl")] for lang in sorted({r["lang"] for r in out})}
-    compliant = {r["text"] for r in rows("compliant.jsonl")}
     extra = []
-    for r in out:
+    for r in refusals_and_compliant:
         ps = prompts.get(r["lang"])
-        if ps and (r["label"] == 1 or r["response"] in compliant):
+        if ps:
             extra.append(dict(r, prompt=ps[len(extra) % len(ps)]))
     return out + extra
 
