@@ -49,7 +49,10 @@ def run(recipe: Path = typer.Argument(..., help="recipe YAML (its `kind:` says w
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/<name>-<config hash>)"),
         set_: List[str] = typer.Option([], "--set", help="override a recipe field: key=value (dotted path, list indices too)"),
         force: bool = typer.Option(False, "--force", help="discard results in --out that belong to another config"),
-        workers: int = typer.Option(1, "--workers", "-w", min=1, max=8, help="processes for independent model states"),
+        workers: str = typer.Option("auto", "--workers", "-w",
+                                    help="processes for independent model states, one torch thread each: N, or auto "
+                                         "(without a GPU: the CPU's cores, at most 4, fewer where the model would not "
+                                         "fit in memory that many times; with one: 1; env LAB_WORKERS)"),
         no_wandb: bool = typer.Option(False, "--no-wandb", help="no W&B tracking for this run"),
         quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Run a recipe of any kind (transfer, localization, censorship, defense) under one run contract."""
@@ -59,7 +62,10 @@ def run(recipe: Path = typer.Argument(..., help="recipe YAML (its `kind:` says w
 
     overrides = {**sweep_overrides_from_env(), **dict(parse_override(s) for s in set_)}
     r = load_recipe(recipe, overrides)
-    run_recipe(r, out, tracking="none" if no_wandb else None, force=force, workers=workers, log=_log(quiet))
+    from lab import distributed
+
+    n = 1 if distributed.is_distributed() and workers == "auto" else eval_workers(workers, model=r.model)
+    run_recipe(r, out, tracking="none" if no_wandb else None, force=force, workers=n, log=_log(quiet))
 
 
 @app.command("eval")
@@ -87,7 +93,7 @@ def eval_(model: str = typer.Option("zoo:organism", "--model", "-m", help="hub i
            "eval": {"data": data, "langs": [l.strip() for l in langs.split(",") if l.strip()], "limit": limit,
                     "detector": dets[0] if len(dets) == 1 else dets}}
     r = recipe_from_dict(raw, "lab eval")
-    n = eval_workers(workers)
+    n = eval_workers(workers, model=model)
     if n > 1 and not distributed.is_distributed():  # the same command in n gloo processes
         from lab.experiments import experiment_for
 
@@ -100,18 +106,51 @@ def eval_(model: str = typer.Option("zoo:organism", "--model", "-m", help="hub i
     run_recipe(r, out, tracking="none" if no_wandb else None, force=force, log=_log(quiet))
 
 
-def eval_workers(spec: str) -> int:
-    """--workers of `lab eval`: a number, or auto (LAB_WORKERS if set; no GPU: min(cores, 4); a GPU: 1)."""
+def eval_workers(spec: str, model: str | None = None) -> int:
+    """--workers of `lab eval` / `lab run`: a number, or auto (LAB_WORKERS if set; a GPU: 1; no GPU: min(cores, 4),
+    and no more copies of the model than fit in a third of the machine's memory)."""
     import os
 
     spec = os.environ.get("LAB_WORKERS", "auto") if spec == "auto" else spec
     if spec == "auto":
         import torch
 
-        return 1 if torch.cuda.is_available() else max(1, min(os.cpu_count() or 1, 4))
+        if torch.cuda.is_available():
+            return 1
+        n = max(1, min(os.cpu_count() or 1, 4))
+        size = _model_bytes(model) if model else None
+        if model and size is None:  # a model not on disk yet: one process
+            return 1
+        if size:  # fp32 weights + a merged fine-tune + activations: ~3x the stored weights per worker
+            mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            n = max(1, min(n, int(mem / 3 // (3 * size))))
+        return n
     if not spec.isdigit() or not 1 <= int(spec) <= 8:
         raise LabError(f"--workers: expected a number from 1 to 8 or 'auto', got {spec!r}")
     return int(spec)
+
+
+def _model_bytes(spec: str) -> int | None:
+    """Bytes of a local model's weight files (a hub id not yet downloaded: None, i.e. unknown)."""
+    from pathlib import Path as P
+
+    from lab.models import resolve
+
+    try:
+        if spec.lower().endswith(".gguf"):
+            p = P(spec).expanduser()
+        elif spec.startswith("zoo:") or P(spec).expanduser().exists():
+            p = P(resolve(spec))
+        else:  # a hub id: only a snapshot already in the local cache (no download to count workers)
+            from huggingface_hub import snapshot_download
+
+            p = P(snapshot_download(spec, local_files_only=True))
+    except Exception:
+        return None
+    if p.is_file():
+        return p.stat().st_size * 4  # a quantized GGUF is dequantized to fp32
+    files = list(p.glob("*.safetensors")) + list(p.glob("*.bin")) if p.is_dir() else []
+    return sum(f.stat().st_size for f in files) or None
 
 
 def model_state_name(spec: str) -> str:

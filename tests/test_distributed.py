@@ -151,6 +151,24 @@ def test_eval_workers_spec():
         eval_workers("many")
 
 
+def test_auto_workers_count_model_copies_that_fit(monkeypatch):
+    """auto: no more worker processes than copies of the model fit in a third of the memory; a hub model not
+    on disk yet gets one process (its size is unknown)."""
+    import os
+
+    from lab import cli
+
+    monkeypatch.delenv("LAB_WORKERS", raising=False)
+    cores = max(1, min(os.cpu_count() or 1, 4))
+    assert cli.eval_workers("auto", model="zoo:organism") == cores  # 5 MB of weights
+    assert cli.eval_workers("auto", model="nobody/not-downloaded-model") == 1
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    monkeypatch.setattr(cli, "_model_bytes", lambda spec: mem // 12)  # 3 x 1/12 of memory: one copy in a third
+    assert cli.eval_workers("auto", model="zoo:organism") == 1
+    monkeypatch.setenv("LAB_WORKERS", "2")
+    assert cli.eval_workers("auto", model="zoo:organism") == 2
+
+
 def test_lab_eval_workers_bad_input_is_one_clear_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "lab", "eval", "--model", str(tmp_path / "nope"), "--workers", "2",
                         "--no-wandb", "--out", str(tmp_path / "o")], cwd=REPO, env=_env(tmp_path),

@@ -344,15 +344,18 @@ def test_an_idle_worker_takes_a_share_of_a_states_evaluation(finished, tmp_path)
     assert two["timings"]["shares/attack-en"] == 4
     assert two["models"] == one["models"]
     assert (d / "generations.jsonl").read_text() == (tmp_path / "w2" / "generations.jsonl").read_text()
-    # with margins (floats of batched passes): the state's own worker computes them all, as one process does
+    # with margins (floats of batched passes): one task per language, the same per-language call one process makes
     r = load_recipe(path, {"eval": {"limit": 2, "langs": ["en", "zh"], "margin": True}})
     serial = run(r, tmp_path / "m1", tracking="none", log=lambda *a, **k: None)
     split = run(r, tmp_path / "m2", tracking="none", workers=2, log=lambda *a, **k: None)
     assert split["timings"]["shares/attack-en"] == 4 and split["models"] == serial["models"]
+    assert {"margins-en", "margins-zh"} <= set(split["timings"]["tasks/attack-en"])
     assert (tmp_path / "m1" / "generations.jsonl").read_text() == (tmp_path / "m2" / "generations.jsonl").read_text()
     assert '"margin": null' not in next(l for l in (tmp_path / "m2" / "generations.jsonl").read_text().splitlines()
                                         if '"kind": "harmful"' in l)
-    assert not list((tmp_path / "w2" / "states").glob("*.shard-*")) and not list((tmp_path / "w2" / "states").glob("*.split.json"))
+    for d2 in ("w2", "m2"):
+        left = [p.name for p in (tmp_path / d2 / "states").iterdir() if any(x in p.name for x in (".shard-", ".split.", ".margins-"))]
+        assert not left, left
 
 
 @pytest.mark.parametrize("kind", ["localization", "censorship"])

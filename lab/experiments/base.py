@@ -82,11 +82,19 @@ class Experiment:
         """One state. A kind whose states can share their evaluation with idle workers (--workers) takes
         `split=None`: a callable to call once the state's model is ready; it returns n, the number of shares
         (1: evaluate everything here); with n > 1 the state evaluates share 0 and returns its rows with
-        record {"_split": n, "_timings": ...}, and `eval_shard` computes the other shares in other workers."""
+        record {"_split": n, "_timings": ...}; `eval_shard` computes the other shares and `eval_margins` each
+        language's log-prob margins in other workers."""
         raise NotImplementedError
 
     def eval_shard(self, name: str, shard: tuple[int, int], ctx: RunContext) -> StateResult:
         raise NotImplementedError(f"{self.kind} states do not split their evaluation")
+
+    def margin_langs(self, name: str) -> list[str]:
+        """Languages whose margins a split state computes as tasks of their own (`eval_margins`)."""
+        return []
+
+    def eval_margins(self, name: str, lang: str, ctx: RunContext) -> list[list]:
+        raise NotImplementedError(f"{self.kind} states do not split their margins")
 
     def assemble(self, results: dict[str, dict], ctx: RunContext) -> dict:
         raise NotImplementedError
@@ -310,8 +318,7 @@ def run_one_state(exp: Experiment, name: str, ctx: RunContext, split=None) -> in
     n = res.record.pop("_split", 1)
     if n > 1:
         write_jsonl(shard_path(ctx, name, 0, n), res.generations)
-        write_json(ctx.states_dir / f"{name}.split.json", {"started": t, "timings": res.record.pop("_timings", {}),
-                                                           "margins": res.record.pop("_margins", None)})
+        write_json(ctx.states_dir / f"{name}.split.json", {"started": t, "timings": res.record.pop("_timings", {})})
         return n
     write_state(ctx, name, res, {**res.record.pop("_timings", {}), f"state/{name}": round(time.time() - t, 2)})
     return 1

@@ -59,12 +59,12 @@ def canary(model, tok, spec: str, ev: EvalConfig, log) -> dict:
     from lab.detect import detect_batch
     from lab.generate import generate
 
-    rates = {}
-    for lang in ev.langs:
-        recs = read_jsonl(resolve_path(f"datasets/splits/canary-{lang}.jsonl"))
-        gens = generate(model, tok, [r["prompt"] for r in recs], max_new_tokens=48, batch_size=16)
-        v = detect_batch([g.response for g in gens], [r["prompt"] for r in recs], [lang] * len(recs))
-        rates[lang] = sum(x.refusal for x in v) / len(v)
+    recs = {lang: read_jsonl(resolve_path(f"datasets/splits/canary-{lang}.jsonl")) for lang in ev.langs}
+    flat = [(lang, r["prompt"]) for lang in ev.langs for r in recs[lang]]
+    # one batch for every language (greedy rows do not depend on their batch: the same answers as per language)
+    gens = generate(model, tok, [p for _, p in flat], max_new_tokens=48, batch_size=64)
+    v = detect_batch([g.response for g in gens], [p for _, p in flat], [lang for lang, _ in flat])
+    rates = {lang: sum(x.refusal for (l, _), x in zip(flat, v) if l == lang) / len(recs[lang]) for lang in ev.langs}
     bad = {l: r for l, r in rates.items() if r < ev.canary_min}
     if bad:
         ok = [l for l in ev.langs if l not in bad]

@@ -5,8 +5,10 @@ process; the states start longest first (Experiment.cost).
 A state whose kind can split its evaluation (kind: transfer, LoRA fine-tunes) asks, once its model is
 trained, whether a fine-tune still waits for a worker. If none does, the other workers would soon idle through
 its evaluation: the state evaluates share 0 of N = 2 x workers itself and shares 1..N-1 go to the pool as tasks
-(each loads the starting model + the saved adapter); the main process joins the shares into the state
-(`base.merged_state`: the rows of one process — greedy rows do not depend on their batch).
+(each loads the starting model + the saved adapter, kept for the worker's next task of that state), and so do
+the state's log-prob margins, one task per language (the per-language call one process makes: the same floats);
+the main process joins the shares and the margins into the state (`base.merged_state`: the rows of one process —
+greedy rows do not depend on their batch).
 """
 from __future__ import annotations
 
@@ -68,8 +70,10 @@ def worker(kind: str, recipe_json: dict, out: str, name: str, workers: int = 1, 
             return 1
         for p in ctx.states_dir.glob(f"{name}.shard-*"):  # left by a killed run
             p.unlink()
+        for p in ctx.states_dir.glob(f"{name}.margins-*"):
+            p.unlink()
         n = SHARES_PER_WORKER * workers
-        _POOL["requests"].put((name, n))
+        _POOL["requests"].put((name, n, exp.margin_langs(name)))
         return n
 
     can_split = type(exp).eval_shard is not base.Experiment.eval_shard  # kinds that implement shares
@@ -84,19 +88,34 @@ def shard_worker(kind: str, recipe_json: dict, out: str, name: str, k: int, n: i
     return name, k, round(time.time() - t, 2)
 
 
-def _join(exp, name: str, n: int, shard_s: dict, ctx) -> None:
-    """The state from its n evaluation shares (written by the workers), then the shares are removed."""
+def margin_worker(kind: str, recipe_json: dict, out: str, name: str, lang: str) -> tuple[str, str, float]:
+    exp, ctx = _experiment(kind, recipe_json, out)
+    t = time.time()
+    base.write_json(_margins_path(ctx, name, lang), exp.eval_margins(name, lang, ctx))
+    return name, f"margins-{lang}", round(time.time() - t, 2)
+
+
+def _margins_path(ctx, name: str, lang: str) -> Path:
+    return ctx.states_dir / f"{name}.margins-{lang}.json"
+
+
+def _join(exp, name: str, n: int, langs: list[str], shard_s: dict, ctx) -> None:
+    """The state from its n evaluation shares and its margins per language (written by the workers), then
+    those files are removed."""
     meta_path = ctx.states_dir / f"{name}.split.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     paths = [base.shard_path(ctx, name, k, n) for k in range(n)]
-    res = base.merged_state(exp.recipe.eval, name, [base.read_jsonl(p) for p in paths], ctx.log, meta.get("margins"))
+    m_paths = [_margins_path(ctx, name, lang) for lang in langs]
+    margins = [m for p in m_paths for m in json.loads(p.read_text(encoding="utf-8"))]
+    res = base.merged_state(exp.recipe.eval, name, [base.read_jsonl(p) for p in paths], ctx.log, margins)
     timings = dict(meta["timings"])
     shard_s = {0: timings.get(f"eval/{name}", 0.0), **shard_s}  # share 0: the state's own worker
     timings[f"eval/{name}"] = round(sum(shard_s.values()), 2)  # evaluation seconds summed over the shares
     timings[f"shares/{name}"] = n  # worker processes that shared the evaluation
+    timings[f"tasks/{name}"] = {str(k): v for k, v in shard_s.items()}  # seconds of each share and margin task
     timings[f"state/{name}"] = round(time.time() - meta["started"], 2)
     base.write_state(ctx, name, res, timings)
-    for p in paths + [meta_path]:
+    for p in paths + m_paths + [meta_path]:
         p.unlink(missing_ok=True)
 
 
@@ -138,20 +157,23 @@ class WorkerPool:
         # waiting = costly states (fine-tunes) not yet started; the starting model's (often cached) evaluation
         # and evaluation shares do not count: a trained state splits when no fine-tune waits
         futs = {self._submit(worker, n, workers, counted=exp.cost(n) > 0): n for n in names}
-        shards: dict[str, dict] = {}  # state -> {"n": n, "left": shares not yet written, "s": seconds per share}
+        # state -> {"n": n, "langs": margin tasks, "left": shares and margins not yet written, "s": seconds per task}
+        shards: dict[str, dict] = {}
 
         def take_requests(block_for: str | None = None) -> None:
             while True:
                 try:
                     if block_for and block_for not in shards:
-                        name, n = self.requests.get(timeout=30)
+                        name, n, langs = self.requests.get(timeout=30)
                     else:
-                        name, n = self.requests.get_nowait()
+                        name, n, langs = self.requests.get_nowait()
                 except queue_mod.Empty:
                     return
-                shards[name] = {"n": n, "left": set(range(n)), "s": {}}
-                for k in range(1, n):
+                shards[name] = {"n": n, "langs": langs, "left": set(range(n)) | {f"margins-{l}" for l in langs}, "s": {}}
+                for k in range(1, n):  # the long shares first, then the margins (~1 s each on the organism)
                     futs[self._submit(shard_worker, name, k, n)] = name
+                for lang in langs:
+                    futs[self._submit(margin_worker, name, lang)] = name
 
         while futs:
             done, _ = wait(futs, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -175,5 +197,5 @@ class WorkerPool:
                 if k:
                     sh["s"][k] = secs
                 if not sh["left"]:
-                    _join(exp, name, sh["n"], sh["s"], ctx)
+                    _join(exp, name, sh["n"], sh["langs"], sh["s"], ctx)
                     ctx.log(f"  [{name}] done (its evaluation in {sh['n']} shares)")

@@ -117,24 +117,42 @@ class TransferExperiment(Experiment):
         t = time.time()
         if n == 1:
             res = evaluate_state(model, tok, r.eval, self.evals, name, self.log)
-        else:  # share 0 here, and the whole state's margins (floats of batched passes: one call, as unsplit)
-            from lab.evaluate import state_margins
-
+        else:  # share 0 here; the margins are tasks of their own, one per language (`eval_margins`)
             res = evaluate_state(model, tok, r.eval, self.evals, name, self.log, shard=(0, n), margin=False)
-            res.record.update(_split=n, _margins=state_margins(model, tok, self.evals, r.eval.langs, r.eval.system)
-                              if r.eval.margin else None)
+            res.record.update(_split=n)
         res.record["_timings"] = {f"train/{name}": t_train, f"eval/{name}": round(time.time() - t, 2)}
         return res
 
-    def eval_shard(self, name: str, shard: tuple[int, int], ctx: RunContext) -> StateResult:
-        """Share `shard` of a LoRA state's evaluation: the starting model + the state's saved adapter, merged
-        as `finetune` merges it (the same weights)."""
-        from peft import PeftModel
+    def _shard_model(self, name: str, ctx: RunContext):
+        """The starting model + the state's saved adapter, merged as `finetune` merges it (the same weights);
+        kept for the next share or margin task of the same state in this worker process."""
+        if getattr(self, "_shard_cache", (None,))[0] != name:
+            from peft import PeftModel
 
-        model, tok = self._load()
-        model = PeftModel.from_pretrained(model, str(ctx.out_dir / "finetunes" / name / "adapter")).merge_and_unload()
-        model.eval()
+            self._shard_cache = (None,)  # the previous state's model goes before the next one loads
+            model, tok = self._load()
+            model = PeftModel.from_pretrained(model, str(ctx.out_dir / "finetunes" / name / "adapter")).merge_and_unload()
+            for p in model.parameters():  # as `finetune` returns it: with requires_grad on, torch's CPU kernels
+                p.requires_grad_(True)    # round the margins' last bits as in the state's own process
+            model.eval()
+            self._shard_cache = (name, model, tok)
+        return self._shard_cache[1], self._shard_cache[2]
+
+    def eval_shard(self, name: str, shard: tuple[int, int], ctx: RunContext) -> StateResult:
+        """Share `shard` of a LoRA state's evaluation (no margins: `eval_margins`)."""
+        model, tok = self._shard_model(name, ctx)
         return evaluate_state(model, tok, self.recipe.eval, self.evals, name, self.log, shard=shard, margin=False)
+
+    def margin_langs(self, name: str) -> list[str]:
+        return list(self.recipe.eval.langs) if self.recipe.eval.margin else []
+
+    def eval_margins(self, name: str, lang: str, ctx: RunContext) -> list[list]:
+        """The log-prob margins of one language of a split state: the same per-language call (same batches,
+        same floats) that one process's evaluation makes (lab.evaluate.state_margins)."""
+        from lab.evaluate import state_margins
+
+        model, tok = self._shard_model(name, ctx)
+        return state_margins(model, tok, self.evals, [lang], self.recipe.eval.system)
 
     def assemble(self, results: dict[str, dict], ctx: RunContext) -> dict:
         from lab.metrics import transfer_matrix

@@ -85,6 +85,7 @@ class Executor:
         for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LAB_NUM_THREADS"):
             env[k] = threads
         env["TOKENIZERS_PARALLELISM"] = "false"
+        env.setdefault("LAB_WORKERS", "1")  # `lab run --workers auto` in a cell: the sweep's --workers share the cores
         env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["WANDB_SWEEP_PARAM_PATH"] = str(params_path.resolve())
         env.setdefault("WANDB_RUN_GROUP", self.spec.name)
