@@ -118,10 +118,11 @@ def eval_workers(spec: str, model: str | None = None) -> int:
         if torch.cuda.is_available():
             return 1
         n = max(1, min(os.cpu_count() or 1, 4))
-        size = _model_bytes(model) if model else None
-        if model and size is None:  # a model not on disk yet: one process
-            return 1
-        if size:  # fp32 weights + a merged fine-tune + activations: ~3x the stored weights per worker
+        if model:
+            size = _model_bytes(model)
+            if size is None:  # a model not on disk yet: one process
+                return 1
+            # fp32 weights + a merged fine-tune + activations: ~3x the stored weights per worker
             mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
             n = max(1, min(n, int(mem / 3 // (3 * size))))
         return n

@@ -68,10 +68,9 @@ def worker(kind: str, recipe_json: dict, out: str, name: str, workers: int = 1, 
     def split() -> int:
         if _POOL["waiting"].value > 0:  # a fine-tune still waits: it keeps the other workers busy
             return 1
-        for p in ctx.states_dir.glob(f"{name}.shard-*"):  # left by a killed run
-            p.unlink()
-        for p in ctx.states_dir.glob(f"{name}.margins-*"):
-            p.unlink()
+        for part in ("shard", "margins"):  # shares and margins left by a killed run
+            for p in ctx.states_dir.glob(f"{name}.{part}-*"):
+                p.unlink()
         n = SHARES_PER_WORKER * workers
         _POOL["requests"].put((name, n, exp.margin_langs(name)))
         return n
