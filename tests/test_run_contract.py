@@ -358,6 +358,37 @@ def test_an_idle_worker_takes_a_share_of_a_states_evaluation(finished, tmp_path)
         assert not left, left
 
 
+def _preloaded() -> list[str]:
+    import sys
+
+    return [m for m in ("torch", "transformers", "peft", "trl", "lab.train", "lab.experiments.preload") if m in sys.modules]
+
+
+def test_workers_are_forked_from_a_server_that_imported_the_libraries(monkeypatch):
+    """The pool's workers start with torch, transformers, peft, TRL and the lab imported (the forkserver's
+    preload); LAB_WORKER_START=spawn gives the previous start (the benchmark's comparison); a bad value is an error."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from lab.errors import LabError
+    from lab.experiments import parallel
+
+    if "forkserver" not in mp.get_all_start_methods():
+        pytest.skip("no forkserver on this platform (workers are spawned)")
+    monkeypatch.delenv("LAB_WORKER_START", raising=False)
+    ctx = parallel._context()
+    assert ctx.get_start_method() == "forkserver"
+    parallel.start_server()
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        assert pool.submit(_preloaded).result() == ["torch", "transformers", "peft", "trl", "lab.train",
+                                                    "lab.experiments.preload"]
+    monkeypatch.setenv("LAB_WORKER_START", "spawn")
+    assert parallel._context().get_start_method() == "spawn"
+    monkeypatch.setenv("LAB_WORKER_START", "fork")
+    with pytest.raises(LabError, match="LAB_WORKER_START='fork': expected 'forkserver' or 'spawn'"):
+        parallel._context()
+
+
 @pytest.mark.parametrize("kind", ["localization", "censorship"])
 def test_kinds_without_shares_run_on_two_workers(finished, kind, tmp_path):
     """--workers 2 on kinds whose states do not split their evaluation: the answers of one process."""

@@ -201,6 +201,10 @@ def run(recipe: RecipeBase, out_dir: Path | None = None, *, tracking: str | None
                            "the processes already share the work")
         distributed.init()
         log = log if main else (lambda *a, **k: None)
+    elif workers > 1:  # the workers' server imports torch & co. while this process validates
+        from lab.experiments.parallel import start_server
+
+        start_server()
     exp = experiment_for(recipe, log)
     # nothing is written before this passes. Multi-process: rank 0 first, so that caches it fills (a GGUF
     # converted to safetensors: under a process group only rank 0's save_pretrained writes) exist for the rest

@@ -1,5 +1,7 @@
-"""`--workers N`: a run's independent states in N spawned processes, one torch thread each (results
-identical to one worker, tests/test_spine.py). A worker validates and prepares a recipe once per
+"""`--workers N`: a run's independent states in N worker processes, one torch thread each (results
+identical to one worker, tests/test_spine.py). The workers are forked from a forkserver that has imported
+torch, transformers, peft, TRL and the lab and compiled the detector once (`lab.experiments.preload`;
+spawned processes where there is no forkserver). A worker validates and prepares a recipe once per
 process; the states start longest first (Experiment.cost).
 
 A state whose kind can split its evaluation (kind: transfer, LoRA fine-tunes) asks, once its model is
@@ -118,26 +120,69 @@ def _join(exp, name: str, n: int, langs: list[str], shard_s: dict, ctx) -> None:
         p.unlink(missing_ok=True)
 
 
+PRELOAD = ["lab.experiments.preload"]  # imported once by the forkserver; every worker is forked from it
+
+
+def _context():
+    """The forkserver (POSIX), its server importing `PRELOAD`; spawn where there is none (Windows) or where
+    LAB_WORKER_START=spawn (the previous start, for comparisons). Both start a worker from a clean single-threaded
+    process: none of the main process's locks (W&B's threads) is inherited, as with a plain fork."""
+    import multiprocessing as mp
+    import os
+
+    how = os.environ.get("LAB_WORKER_START", "forkserver")
+    if how not in ("forkserver", "spawn"):
+        from lab.errors import LabError
+
+        raise LabError(f"LAB_WORKER_START={how!r}: expected 'forkserver' or 'spawn'")
+    if how == "spawn" or "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
+def start_server() -> None:
+    """Start the forkserver now (it imports `PRELOAD` in the background) so that its imports overlap the main
+    process's validation; without this the pool's first worker would start it and wait for the imports."""
+    if _context().get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 class WorkerPool:
-    """`workers` spawned processes for a run's independent states (one torch thread each); same results as one
-    process. Started before the main process's `prepare`, so that the workers import and validate meanwhile;
-    `run` starts the longest states first (Experiment.cost), so no worker idles through a long last state,
-    and a state trained while no fine-tune waits shares its evaluation with the other workers."""
+    """`workers` processes for a run's independent states (one torch thread each); same results as one process.
+    Started before the main process's `prepare` by a thread of its own (a worker's start waits for the forkserver's
+    imports), so that the workers start and validate while the canary runs; `run` starts the longest states first
+    (Experiment.cost), so no worker idles through a long last state, and a state trained while no fine-tune
+    waits shares its evaluation with the other workers."""
 
     def __init__(self, exp, recipe, ctx, workers: int):
-        import multiprocessing as mp
+        import threading
+
+        self.exp, self.ctx, self.workers = exp, ctx, workers
+        self.args = (recipe.kind, recipe.model_dump(mode="json"), str(ctx.out_dir))
+        self.pool, self._error = None, None
+        self._starting = threading.Thread(target=self._start, name="lab-worker-pool", daemon=True)
+        self._starting.start()
+
+    def _start(self) -> None:
         from concurrent.futures import ProcessPoolExecutor
 
-        spawn = mp.get_context("spawn")
-        self.exp, self.ctx, self.workers = exp, ctx, workers
-        self.waiting, self.requests = spawn.Value("i", 0), spawn.Queue()
-        self.args = (recipe.kind, recipe.model_dump(mode="json"), str(ctx.out_dir))
-        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=spawn, initializer=_init_worker,
-                                        initargs=(self.waiting, self.requests, spawn.Barrier(workers)))
-        self.warm = [self.pool.submit(warm_up, *self.args) for _ in range(workers)]
+        try:
+            mp = _context()
+            self.waiting, self.requests = mp.Value("i", 0), mp.Queue()
+            self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp, initializer=_init_worker,
+                                            initargs=(self.waiting, self.requests, mp.Barrier(self.workers)))
+            self.warm = [self.pool.submit(warm_up, *self.args) for _ in range(self.workers)]
+        except BaseException as e:  # raised in the main thread by run()
+            self._error = e
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self._starting.join()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
     def _submit(self, fn, *a, counted: bool = False):
         if counted:
@@ -150,6 +195,9 @@ class WorkerPool:
         from concurrent.futures import FIRST_COMPLETED, wait
 
         exp, ctx, workers = self.exp, self.ctx, self.workers
+        self._starting.join()
+        if self._error is not None:
+            raise self._error
         for f in self.warm:
             f.result()
         names = sorted(names, key=lambda n: -exp.cost(n))  # stable: equal costs keep the plan's order
