@@ -1,7 +1,8 @@
 """The quickstart, back to back in one run: `--workers 1`, the default `--workers auto` with its workers spawned
 (LAB_WORKER_START=spawn, the start before the forkserver), and the default as shipped (workers forked from a
 forkserver that imported the libraries once), each with an empty evaluation cache (the aligned state computed). Prints a table and writes benchmarks/results/quickstart_workers.json:
-wall and CPU seconds of the whole command, seconds inside the run, and whether the two runs' generations.jsonl
+wall and CPU seconds of the whole command (CPU not for the forkserver run: its workers are the forkserver's
+children, whose CPU time does not reach this process), seconds inside the run, and whether the two runs' generations.jsonl
 (answers, verdicts, margins) are byte-identical to `--workers 1`'s and their metrics equal.
 
     python benchmarks/quickstart_workers.py [--out DIR]
@@ -34,8 +35,10 @@ def run(label: str, workers: str, root: Path, start: str = "forkserver") -> dict
     wall = time.time() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-    return {"workers": workers, "start": start if workers != "1" else "-", "wall_s": round(wall, 1), "cpu_s": round(after.ru_utime - before.ru_utime
-                                                                         + after.ru_stime - before.ru_stime, 1),
+    cpu = round(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 1)
+    forked = workers != "1" and start == "forkserver"  # the forkserver reaps its workers: their CPU never reaches us
+    return {"workers": workers, "start": start if workers != "1" else "-", "wall_s": round(wall, 1),
+            "cpu_s": None if forked else cpu,
             "in_run_s": m["timings"]["wall_seconds"], "out": str(out), "models": m["models"]}
 
 
@@ -56,7 +59,8 @@ def main() -> None:
            "cpus": os.cpu_count(), "load_at_end": os.getloadavg()}
     print(f"{'workers':>8} {'start':>11} {'wall s':>8} {'cpu s':>8} {'in run s':>9}")
     for r in res["runs"]:
-        print(f"{r['workers']:>8} {r['start']:>11} {r['wall_s']:>8} {r['cpu_s']:>8} {r['in_run_s']:>9}")
+        cpu = "-" if r["cpu_s"] is None else r["cpu_s"]
+        print(f"{r['workers']:>8} {r['start']:>11} {r['wall_s']:>8} {cpu:>8} {r['in_run_s']:>9}")
     print(f"auto / 1 wall: {res['wall_ratio_auto_vs_1']}; forkserver / spawn wall: {res['wall_ratio_forkserver_vs_spawn']}; "
           f"generations identical: {res['generations_identical']}; metrics equal: {res['metrics_equal']}")
     dest = REPO / "benchmarks" / "results" / "quickstart_workers.json"
