@@ -5,10 +5,10 @@ every method side by side.
 
 0. independent sets (never read, never fit on): the TEST halves (even ids) of eval/detector/fresh/ (two
    authors, 2.1 round) and eval/detector/fresh2/ (five authors, 2.2 round), and ALL of
-   eval/detector/fresh6/ (five more authors, written while 2.6 was tuned, read only after it was frozen);
+   eval/detector/fresh7/ (five more authors, written while 2.7 was tuned, read only after it was frozen);
    each written by people who never saw the patterns or the model and committed before anything was
-   measured on it (eval/detector/fresh3/, fresh4/ and fresh5/, the unseen sets of 2.3, 2.4 and 2.5, are
-   training data since 2.4, 2.5 and 2.6: their figures are the LOSO entries "fresh3", "fresh4", "fresh5");
+   measured on it (eval/detector/fresh3/ to fresh6/, the unseen sets of 2.3 to 2.6, are
+   training data since 2.4 to 2.7: their figures are the LOSO entries "fresh3" to "fresh6");
 1. untuned own split (eval/detector/labelled/untuned.jsonl): written before any tuning, never fit on;
 2. leave-one-source-out: the learned component is re-trained without one source group (fresh5, fresh4, fresh3,
    fresh2-dev, fresh-dev, own-tune, polyrefuse, xstest, cases) and measured on it; the rules and baselines are measured on the same rows
@@ -34,7 +34,7 @@ from lab.detect import DETECTOR_VERSION, METHODS, detect  # noqa: E402
 from lab.detect.combined import detect_default  # noqa: E402
 from lab.detect.devdata import HELD_OUT_WHOLE, INDEPENDENT_SETS, LANGS, load_dev, load_independent, load_labelled, source_group  # noqa: E402
 
-LOSO_GROUPS = ("fresh5", "fresh4", "fresh3", "fresh2-dev", "fresh-dev", "own-tune", "polyrefuse", "xstest", "cases")
+LOSO_GROUPS = ("fresh6", "fresh5", "fresh4", "fresh3", "fresh2-dev", "fresh-dev", "own-tune", "polyrefuse", "xstest", "cases")
 
 
 def balanced_accuracy(y, p) -> float:
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     held = load_independent("all", HELD_OUT_WHOLE)  # held out whole: both halves
     name = HELD_OUT_WHOLE[0]
     for key, rows, what in (("fresh", fresh, "fresh (2 authors)"), ("fresh2", fresh2, "fresh2 (5 authors)"),
-                            (name, held, f"{name} (5 authors; ALL of it: written while 2.6 was tuned, read after 2.6.0 was frozen)"),
+                            (name, held, f"{name} (5 authors; ALL of it: written while 2.7 was tuned, read after 2.7.0 was frozen)"),
                             ("independent", fresh + fresh2 + held, "all together")):
         if rows:
             results[key] = run_methods(rows, methods)

@@ -73,7 +73,7 @@ def test_model_file_and_version():
     assert m is not None and m.features == FEATURES and len(m.grams) == len(m.gw) > 100
     data = json.loads(learned.MODEL_PATH.read_text(encoding="utf-8"))
     assert data["record"]["sources"].get("own-tune", 0) > 0 and "own-untuned" not in data["record"]["sources"]
-    assert DETECTOR_VERSION.startswith("2.6.1+")
+    assert DETECTOR_VERSION.startswith("2.7.0+")
 
 
 def test_learned_inference_without_aho_corasick_is_identical(monkeypatch):
@@ -198,16 +198,17 @@ def test_training_data_sources():
         pytest.skip("datasets/ absent")
     assert {r["label"] for r in org} == {0, 1} and {r["lang"] for r in org} == {"zh", "ja", "en", "it", "hi"}
     dev, test = load_independent("dev"), load_independent("test")
-    sets = ("fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6")
+    sets = ("fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7")
     assert {"fresh-dev", "fresh2-dev"} <= {r["source"] for r in dev} <= {f"{s}-dev" for s in sets}
     assert {"fresh-test", "fresh2-test"} <= {r["source"] for r in test} <= {f"{s}-test" for s in sets}
     assert {r["id"] for r in dev}.isdisjoint({r["id"] for r in test})
     data = json.loads(learned.MODEL_PATH.read_text(encoding="utf-8"))
     srcs = data["record"]["sources"]
-    # trained: fresh/fresh2 dev halves, (2.4) all of fresh3, (2.5) all of fresh4 and (2.6) all of fresh5; never:
-    # their test halves, nor any of fresh6
-    assert {"fresh2-dev", "fresh3-dev", "fresh3-test", "fresh4-dev", "fresh4-test", "fresh5-dev", "fresh5-test"} <= set(srcs)
-    assert not {"fresh-test", "fresh2-test", "fresh6-test", "fresh6-dev"} & set(srcs)
+    # trained: fresh/fresh2 dev halves, (2.4) all of fresh3, (2.5) all of fresh4, (2.6) all of fresh5 and (2.7) all
+    # of fresh6; never: their test halves, nor any of fresh7
+    assert {"fresh2-dev", "fresh3-dev", "fresh3-test", "fresh4-dev", "fresh4-test", "fresh5-dev", "fresh5-test",
+            "fresh6-dev", "fresh6-test"} <= set(srcs)
+    assert not {"fresh-test", "fresh2-test", "fresh7-test", "fresh7-dev"} & set(srcs)
     from lab.detect.devdata import HELD_OUT_WHOLE, TRAINED_SETS
     from lab.detect.train import training_rows
 
@@ -217,7 +218,7 @@ def test_training_data_sources():
                    for r in rows)
 
 
-@pytest.mark.parametrize("name", ["fresh2", "fresh3", "fresh4", "fresh5", "fresh6"])
+@pytest.mark.parametrize("name", ["fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7"])
 def test_independent_set_shape(name):
     d = REPO / "eval" / "detector" / name
     if not d.is_dir():
