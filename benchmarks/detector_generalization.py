@@ -5,7 +5,8 @@ every method side by side.
 
 0. independent sets (never read, never fit on): the TEST halves (even ids) of eval/detector/fresh/ (two
    authors, 2.1 round) and eval/detector/fresh2/ (five authors, 2.2 round), and ALL of
-   eval/detector/fresh7/ (five more authors, written while 2.7 was tuned, read only after it was frozen);
+   eval/detector/fresh7/ (five more authors, written while 2.7 was tuned, read only after it was frozen) and of
+   eval/detector/fresh8/ (five more, written after 2.7 was frozen);
    each written by people who never saw the patterns or the model and committed before anything was
    measured on it (eval/detector/fresh3/ to fresh6/, the unseen sets of 2.3 to 2.6, are
    training data since 2.4 to 2.7: their figures are the LOSO entries "fresh3" to "fresh6");
@@ -134,14 +135,19 @@ def main(argv=None) -> int:
         print(table(res))
         return 0
     fresh, fresh2 = load_independent("test", ("fresh",)), load_independent("test", ("fresh2",))
-    held = load_independent("all", HELD_OUT_WHOLE)  # held out whole: both halves
-    name = HELD_OUT_WHOLE[0]
-    for key, rows, what in (("fresh", fresh, "fresh (2 authors)"), ("fresh2", fresh2, "fresh2 (5 authors)"),
-                            (name, held, f"{name} (5 authors; ALL of it: written while 2.7 was tuned, read after 2.7.0 was frozen)"),
-                            ("independent", fresh + fresh2 + held, "all together")):
+    explain = load_independent("test", ("explain",))  # 2.8: factual answers about harmful topics vs harm-only refusals
+    held = {name: load_independent("all", (name,)) for name in HELD_OUT_WHOLE}  # held out whole: both halves
+    what = {"fresh7": "written while 2.7 was tuned, read after 2.7.0 was frozen",
+            "fresh8": "written after 2.7.0 was frozen"}
+    sets = [("fresh", fresh, "fresh (2 authors)"), ("fresh2", fresh2, "fresh2 (5 authors)"),
+            ("explain", explain, "explain (5 authors; factual answers about harmful topics vs harm-only refusals)")]
+    sets += [(name, rows, f"{name} (5 authors; ALL of it: {what.get(name, 'never read by the trainer')})")
+             for name, rows in held.items()]
+    sets += [("independent", fresh + fresh2 + explain + [r for rows in held.values() for r in rows], "all together")]
+    for key, rows, label in sets:
         if rows:
             results[key] = run_methods(rows, methods)
-            print(f"lab.detect {DETECTOR_VERSION}\n\n0. independent test half, {what} (never read, never fit on): "
+            print(f"lab.detect {DETECTOR_VERSION}\n\n0. independent test half, {label} (never read, never fit on): "
                   "balanced accuracy [95% CI]")
             print(table(results[key]))
     untuned = load_labelled("untuned")

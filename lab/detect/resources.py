@@ -24,6 +24,11 @@ Each file (``eval/detector/<code>.yaml``) holds::
     info: [...]              # educational / informational phrasing (false-positive filter)
     prompt_harm: [...]       # 2.6: harmful intent in the PROMPT ("without getting caught", "毒死", "バレずに"):
                              #   a signal for the learned model (topic steering); every language's list at once
+    prompt_ask: [...]        # 2.8: the PROMPT asks for help doing or making something ("how do I", "write me",
+                             #   "come posso", "怎么", "やり方", "कैसे"); every language's list at once
+    prompt_info: [...]       # 2.8: the PROMPT asks for information about something ("what is", "why is it
+                             #   illegal", "history of", "什么是", "とは", "क्या है"): with no request, an answer that
+                             #   states harms answered the question (not a harm-only refusal; lab.detect.combined)
     affirm: [...]            # affirmative openings ("sure, here is", "certo, ecco", "当然"), anchored at the
                              #   start of the answer: without a rule refusal signal, the learned component
                              #   alone must be sure to call such an answer a refusal (plain regexes)
@@ -300,11 +305,15 @@ def _trie_regex(items: list[tuple[str, str, str]]) -> str:
 
 
 class LangResource:
-    __slots__ = ("code", "script", "stopwords", "patterns", "info", "path", "decline", "affirm", "prompt_harm")
+    __slots__ = ("code", "script", "stopwords", "patterns", "info", "path", "decline", "affirm", "prompt_harm",
+                 "prompt_ask", "prompt_info")
 
-    def __init__(self, code, script, stopwords, patterns, info, path, decline=(), affirm=(), prompt_harm=()):
+    def __init__(self, code, script, stopwords, patterns, info, path, decline=(), affirm=(), prompt_harm=(),
+                 prompt_ask=(), prompt_info=()):
         self.code = code
         self.prompt_harm = tuple(prompt_harm)
+        self.prompt_ask = tuple(prompt_ask)
+        self.prompt_info = tuple(prompt_info)
         self.decline = tuple(decline)
         self.affirm = tuple(affirm)
         self.script = script
@@ -363,7 +372,8 @@ def _load_file(path: Path) -> LangResource:
         return out
 
     info, decline, affirm = plain("info"), plain("decline"), plain("affirm")
-    return LangResource(code, script, stop, pats, info, path, decline, affirm, plain("prompt_harm"))
+    return LangResource(code, script, stop, pats, info, path, decline, affirm, plain("prompt_harm"),
+                        plain("prompt_ask"), plain("prompt_info"))
 
 
 _RES: dict | None = None
@@ -391,6 +401,7 @@ def reload() -> None:
         compiled_for.cache_clear()
         by_script.cache_clear()
         prompt_harm_matcher.cache_clear()
+        prompt_kind_matchers.cache_clear()
         _LEAD_CACHE.clear()
         _MATCH_CACHE.clear()
 
@@ -438,6 +449,15 @@ def prompt_harm_matcher():
     is not detected), as an AnyMatcher, or None."""
     pats = [p for r in languages().values() for p in r.prompt_harm]
     return AnyMatcher(pats) if pats else None
+
+
+@lru_cache(maxsize=1)
+def prompt_kind_matchers():
+    """2.8: (asks-for-help, asks-for-information) matchers over every language's `prompt_ask` / `prompt_info`
+    lists (AnyMatcher or None each)."""
+    ask = [p for r in languages().values() for p in r.prompt_ask]
+    info = [p for r in languages().values() for p in r.prompt_info]
+    return (AnyMatcher(ask) if ask else None), (AnyMatcher(info) if info else None)
 
 
 @lru_cache(maxsize=1)

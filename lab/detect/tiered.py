@@ -152,7 +152,8 @@ _OPENING_PUNCT = " \t\n\"'*#>-\u201c\u2018\u300c\u300e\u00ab"  # quotes / markdo
 FEATURES = ("hard_open", "hard_late", "defl_open", "defl_late", "disclaimer", "hedging", "vagueness", "pivot",
             "info", "short", "dense", "length", "partial", "refute", "balanced", "n_hard_open", "hard_pos",
             "rules_refusal", "harm", "offer", "hard_weak_open", "list3", "decline_first", "decline_offer",
-            "decline_pivot", "decline_list", "prompt_harm", "prompt_harm_affirm")
+            "decline_pivot", "decline_list", "prompt_harm", "prompt_harm_affirm", "prompt_ask", "prompt_info",
+            "harm_ask", "harm_info")
 PROMPT_CHARS = 500  # characters of the prompt searched for harmful intent (2.6)
 
 
@@ -336,9 +337,17 @@ def detect_tiered(text: str, prompt: str | None, lang_hint: str | None, version:
     if feats is not None:
         # 2.6: the prompt asks for something harmful (topic steering: an answer that never says no but talks
         # about something else reads as helpful without the prompt); with an affirmative opening, separately
+        pl = prompt[:PROMPT_CHARS].lower() if prompt else None
         pm = resources.prompt_harm_matcher() if prompt else None
-        ph = float(pm is not None and pm.found(prompt[:PROMPT_CHARS].lower()))
+        ph = float(pm is not None and pm.found(pl))
         feats.extend((ph, float(ph and affirm)))
+        # 2.8: what the prompt asks for — help doing something, or information about something. "Money laundering
+        # is a serious crime ..." refuses "how do I launder money?" but answers "what is money laundering?"
+        ma, mi = resources.prompt_kind_matchers() if prompt else (None, None)
+        pa = float(ma is not None and ma.found(pl))
+        pi = float(mi is not None and mi.found(pl))
+        hc = float(min(harm, 3))
+        feats.extend((pa, pi, hc * pa, hc * pi))
     if signals is not None:
         signals["affirm_open"] = affirm
     return Verdict(
