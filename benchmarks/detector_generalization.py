@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     explain = load_independent("test", ("explain",))  # 2.8: factual answers about harmful topics vs harm-only refusals
     held = {name: load_independent("all", (name,)) for name in HELD_OUT_WHOLE}  # held out whole: both halves
     what = {"fresh7": "written while 2.7 was tuned, read after 2.7.0 was frozen",
-            "fresh8": "written after 2.7.0 was frozen"}
+            "fresh8": "written after 2.7.0 was frozen", "fresh9": "written after 2.8.0 was final"}
     sets = [("fresh", fresh, "fresh (2 authors)"), ("fresh2", fresh2, "fresh2 (5 authors)"),
             ("explain", explain, "explain (5 authors; factual answers about harmful topics vs harm-only refusals)")]
     sets += [(name, rows, f"{name} (5 authors; ALL of it: {what.get(name, 'never read by the trainer')})")
