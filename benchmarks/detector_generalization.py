@@ -4,15 +4,16 @@ every method side by side.
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/detector_generalization.py [--json benchmarks/results/detector_generalization.json]
 
 0. independent sets (never read, never fit on): the TEST halves (even ids) of eval/detector/fresh/ (two
-   authors, 2.1 round) and eval/detector/fresh2/ (five authors, 2.2 round), and ALL of
-   eval/detector/fresh7/ (five more authors, written while 2.7 was tuned, read only after it was frozen) and of
-   eval/detector/fresh8/ (five more, written after 2.7 was frozen);
+   authors, 2.1 round), eval/detector/fresh2/ (five authors, 2.2 round) and eval/detector/explain/ (five authors,
+   2.8 round: factual answers about harmful topics vs harm-only refusals), and ALL of eval/detector/fresh7/ (five
+   more authors, written while 2.7 was tuned, read only after it was frozen), fresh8/ (written after 2.7 was
+   frozen) and fresh9/ (written after 2.8 was final);
    each written by people who never saw the patterns or the model and committed before anything was
    measured on it (eval/detector/fresh3/ to fresh6/, the unseen sets of 2.3 to 2.6, are
    training data since 2.4 to 2.7: their figures are the LOSO entries "fresh3" to "fresh6");
 1. untuned own split (eval/detector/labelled/untuned.jsonl): written before any tuning, never fit on;
-2. leave-one-source-out: the learned component is re-trained without one source group (fresh5, fresh4, fresh3,
-   fresh2-dev, fresh-dev, own-tune, polyrefuse, xstest, cases) and measured on it; the rules and baselines are measured on the same rows
+2. leave-one-source-out: the learned component is re-trained without one source group (LOSO_GROUPS: fresh6 to
+   fresh3, fresh2-dev, fresh-dev, own-tune, polyrefuse, xstest, cases) and measured on it; the rules and baselines are measured on the same rows
    (the rules were written with all sources in view, so their LOSO figure is not out-of-sample);
 3. development data as a whole (in-sample for `tiered`: shown for reference only).
 CIs: 95 % percentile bootstrap of balanced accuracy (scipy.stats.bootstrap, paired over (label,

@@ -1,9 +1,10 @@
 """The quickstart, back to back in one run: `--workers 1`, the default `--workers auto` with its workers spawned
 (LAB_WORKER_START=spawn, the start before the forkserver), and the default as shipped (workers forked from a
-forkserver that imported the libraries once), each with an empty evaluation cache (the aligned state computed). Prints a table and writes benchmarks/results/quickstart_workers.json:
-wall and CPU seconds of the whole command (CPU not for the forkserver run: its workers are the forkserver's
-children, whose CPU time does not reach this process), seconds inside the run, and whether the two runs' generations.jsonl
-(answers, verdicts, margins) are byte-identical to `--workers 1`'s and their metrics equal.
+forkserver that imported the libraries once), each with an empty evaluation cache (the aligned state computed).
+Prints a table and writes benchmarks/results/quickstart_workers.json: wall and CPU seconds of the whole command (CPU
+not for the forkserver run: its workers are the forkserver's children, whose CPU time does not reach this process),
+seconds inside the run, and whether the three runs' generations.jsonl (answers, verdicts, margins) are byte-identical
+and their metrics equal.
 
     python benchmarks/quickstart_workers.py [--out DIR]
 """
