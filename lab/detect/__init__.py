@@ -21,7 +21,7 @@ from .verdict import BANDS, CATEGORIES, ENGAGED_CATEGORIES, REFUSAL_CATEGORIES, 
 
 METHODS = ("tiered", "tiered-rules", "dictionary-000", "gcg", "substring", "keywords")
 JUDGE_PREFIX = "judge:"
-_BASE_VERSION = "2.8.0"
+_BASE_VERSION = "2.9.0"
 # patterns (eval/detector/*.yaml), the learned model's weights and the code that decides (a threshold or
 # a gate changed without a version bump must still change the version: the evaluation cache keys on it)
 _DECIDING_CODE = ("combined.py", "tiered.py", "scan.py", "resources.py", "learned.py", "langid.py")
