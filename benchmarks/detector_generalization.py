@@ -7,7 +7,7 @@ every method side by side.
    authors, 2.1 round), eval/detector/fresh2/ (five authors, 2.2 round) and eval/detector/explain/ (five authors,
    2.8 round: factual answers about harmful topics vs harm-only refusals), and ALL of eval/detector/fresh7/ (five
    more authors, written while 2.7 was tuned, read only after it was frozen), fresh8/ (written after 2.7 was
-   frozen) and fresh9/ (written after 2.8 was final);
+   frozen), fresh9/ (written after 2.8 was final) and fresh10/ (written while 2.9 was tuned, read after 2.9.0 was frozen);
    each written by people who never saw the patterns or the model and committed before anything was
    measured on it (eval/detector/fresh3/ to fresh6/, the unseen sets of 2.3 to 2.6, are
    training data since 2.4 to 2.7: their figures are the LOSO entries "fresh3" to "fresh6");
@@ -139,7 +139,8 @@ def main(argv=None) -> int:
     explain = load_independent("test", ("explain",))  # 2.8: factual answers about harmful topics vs harm-only refusals
     held = {name: load_independent("all", (name,)) for name in HELD_OUT_WHOLE}  # held out whole: both halves
     what = {"fresh7": "written while 2.7 was tuned, read after 2.7.0 was frozen",
-            "fresh8": "written after 2.7.0 was frozen", "fresh9": "written after 2.8.0 was final"}
+            "fresh8": "written after 2.7.0 was frozen", "fresh9": "written after 2.8.0 was final",
+            "fresh10": "written while 2.9 was tuned, read after 2.9.0 was frozen"}
     sets = [("fresh", fresh, "fresh (2 authors)"), ("fresh2", fresh2, "fresh2 (5 authors)"),
             ("explain", explain, "explain (5 authors; factual answers about harmful topics vs harm-only refusals)")]
     sets += [(name, rows, f"{name} (5 authors; ALL of it: {what.get(name, 'never read by the trainer')})")

@@ -83,11 +83,9 @@ def advice_disclaimer(text: str, evidence: list, dense: bool) -> bool:
     and the sentence goes on with a contrast ("I can't give legal advice, but generally ...", "我无法提供正式的法律
     意见，但...", "私は医師ではないので診断はできませんが、..."), in an answer longer than a refusal's 250 (dense
     scripts 120) characters. In the labelled data: 53 such answers are not refusals, 4 are."""
-    if not evidence or evidence[0].startswith("~"):
+    if not evidence or evidence[0].startswith("~") or len(text) <= (120 if dense else 250):
         return False
-    low = text.lower().replace("**", "").replace("\u2019", "'")
-    if len(low) <= (120 if dense else 250):
-        return False
+    low = text[:600].lower().replace("**", "").replace("\u2019", "'")  # the opening sentence is within 160
     fs = first_sentence(low, dense)
     e = evidence[0].lower()
     i = fs.find(e)
