@@ -101,6 +101,16 @@ def loso(methods) -> dict:
     return out
 
 
+def by_behaviour(rows, preds) -> dict:
+    """{(behaviour, label): (n, errors)} of one method's predictions (rows without a behaviour: "-")."""
+    out: dict = {}
+    for r, p in zip(rows, preds):
+        key = (r.get("behaviour") or "-", r["label"])
+        n, k = out.get(key, (0, 0))
+        out[key] = (n + 1, k + int(bool(p) != bool(r["label"])))
+    return out
+
+
 def cell(r) -> str:
     if r is None:
         return "-"
@@ -125,6 +135,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-loso", action="store_true")
     ap.add_argument("--only", default=None, help=f"print one independent set's table only ({', '.join(INDEPENDENT_SETS)})")
     ap.add_argument("--half", default="test", choices=["dev", "test", "all"])
+    ap.add_argument("--only-json", default=None, help="with --only: write its tables (and errors by behaviour) here")
     a = ap.parse_args(argv)
     methods = list(METHODS)
     results = {"detector_version": DETECTOR_VERSION, "python": platform.python_version(),
@@ -134,13 +145,26 @@ def main(argv=None) -> int:
         res = run_methods(rows, methods)
         print(f"lab.detect {DETECTOR_VERSION}\n\n{a.only}, half {a.half}: balanced accuracy [95% CI]")
         print(table(res))
+        errors = by_behaviour(rows, [detect(r["response"], r["prompt"]).refusal for r in rows])
+        print(f"\n{methods[0]}: errors by behaviour (label: refusal 1 / not 0)\n| behaviour | label | n | errors |\n|---|---|---|---|")
+        for (beh, lab), (n, k) in sorted(errors.items(), key=lambda kv: (-kv[1][1], kv[0])):
+            print(f"| {beh} | {lab} | {n} | {k} |")
+        if a.only_json:
+            from lab.data import atomic_write_text
+
+            out = {"detector_version": DETECTOR_VERSION, "set": a.only, "half": a.half, "n": len(rows),
+                   "ci": results["ci"], "results": res,
+                   "errors_by_behaviour": {f"{b}|{lab}": {"n": n, "errors": k} for (b, lab), (n, k) in errors.items()}}
+            atomic_write_text(Path(a.only_json), json.dumps(out, ensure_ascii=False, indent=1) + "\n")
+            print(f"\nwrote {a.only_json}")
         return 0
     fresh, fresh2 = load_independent("test", ("fresh",)), load_independent("test", ("fresh2",))
     explain = load_independent("test", ("explain",))  # 2.8: factual answers about harmful topics vs harm-only refusals
     held = {name: load_independent("all", (name,)) for name in HELD_OUT_WHOLE}  # held out whole: both halves
     what = {"fresh7": "written while 2.7 was tuned, read after 2.7.0 was frozen",
             "fresh8": "written after 2.7.0 was frozen", "fresh9": "written after 2.8.0 was final",
-            "fresh10": "written while 2.9 was tuned, read after 2.9.0 was frozen"}
+            "fresh10": "written while 2.9 was tuned, read after 2.9.0 was frozen",
+            "fresh11": "written after 2.9 was final; hard behaviours weighted up"}
     sets = [("fresh", fresh, "fresh (2 authors)"), ("fresh2", fresh2, "fresh2 (5 authors)"),
             ("explain", explain, "explain (5 authors; factual answers about harmful topics vs harm-only refusals)")]
     sets += [(name, rows, f"{name} (5 authors; ALL of it: {what.get(name, 'never read by the trainer')})")

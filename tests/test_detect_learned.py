@@ -198,7 +198,7 @@ def test_training_data_sources():
         pytest.skip("datasets/ absent")
     assert {r["label"] for r in org} == {0, 1} and {r["lang"] for r in org} == {"zh", "ja", "en", "it", "hi"}
     dev, test = load_independent("dev"), load_independent("test")
-    sets = ("fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8", "explain", "fresh9", "fresh10")
+    sets = ("fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8", "explain", "fresh9", "fresh10", "fresh11")
     assert {"fresh-dev", "fresh2-dev"} <= {r["source"] for r in dev} <= {f"{s}-dev" for s in sets}
     assert {"fresh-test", "fresh2-test"} <= {r["source"] for r in test} <= {f"{s}-test" for s in sets}
     assert {r["id"] for r in dev}.isdisjoint({r["id"] for r in test})
@@ -209,7 +209,7 @@ def test_training_data_sources():
     assert {"fresh2-dev", "fresh3-dev", "fresh3-test", "fresh4-dev", "fresh4-test", "fresh5-dev", "fresh5-test",
             "fresh6-dev", "fresh6-test", "explain-dev"} <= set(srcs)  # 2.8: explain's dev half
     assert not {"fresh-test", "fresh2-test", "explain-test", "fresh7-test", "fresh7-dev", "fresh8-test", "fresh8-dev",
-                "fresh9-test", "fresh9-dev", "fresh10-test", "fresh10-dev"} & set(srcs)
+                "fresh9-test", "fresh9-dev", "fresh10-test", "fresh10-dev", "fresh11-test", "fresh11-dev"} & set(srcs)
     from lab.detect.devdata import HELD_OUT_WHOLE, TRAINED_SETS
     from lab.detect.train import training_rows
 
@@ -229,6 +229,17 @@ def test_independent_set_shape(name):
         rows = [json.loads(x) for x in (d / f"{lang}.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
         assert len(rows) == n and sum(r["label"] for r in rows) == n // 2
         assert len({r["id"] for r in rows}) == n and all(r["lang"] == lang for r in rows)
+
+
+def test_fresh11_shape():
+    """fresh11: six files of 300 (two English: en = 2023 chat models' styles, en2), 150 refusals each."""
+    d = REPO / "eval" / "detector" / "fresh11"
+    if not d.is_dir():
+        pytest.skip("eval/detector/fresh11 absent")
+    for name, lang in (("zh", "zh"), ("ja", "ja"), ("en", "en"), ("en2", "en"), ("it", "it"), ("hi", "hi")):
+        rows = [json.loads(x) for x in (d / f"{name}.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+        assert len(rows) == 300 and sum(r["label"] for r in rows) == 150
+        assert len({r["id"] for r in rows}) == 300 and all(r["lang"] == lang for r in rows)
 
 
 def _sample_rows():

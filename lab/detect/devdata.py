@@ -106,7 +106,7 @@ def load_labelled(split: str, d: Path = LABELLED_DIR) -> list[dict]:
 
 
 FRESH_DIR = LABELLED_DIR.parent / "fresh"
-INDEPENDENT_SETS = ("fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8", "explain", "fresh9", "fresh10")
+INDEPENDENT_SETS = ("fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8", "explain", "fresh9", "fresh10", "fresh11")
 
 
 def load_fresh(half: str = "test", d: Path = FRESH_DIR, name: str | None = None) -> list[dict]:
@@ -116,7 +116,8 @@ def load_fresh(half: str = "test", d: Path = FRESH_DIR, name: str | None = None)
     fresh8/: five more, written after 2.7 was frozen; explain/: five more, 2.8 round — factual answers about harmful
     topics vs refusals that only explain the harm, 160 per language; fresh9/: five more, written after 2.8 was final;
     fresh10/: five more (six sessions: the Japanese writer was restarted), written while 2.9 was tuned, read after
-    2.9.0 was frozen), written by
+    2.9.0 was frozen; fresh11/: six more (two English files: en.jsonl in the style of 2023 chat models, en2.jsonl),
+    written after 2.9 was final, the hard behaviours weighted up), written by
     people who never saw the patterns or the model.
     half "dev" (odd ids: may be read and fit on), "test" (even ids: never read, never fit on — the
     figure to report) or "all". Sources are "<set>-dev" / "<set>-test"."""
@@ -140,7 +141,7 @@ def load_fresh(half: str = "test", d: Path = FRESH_DIR, name: str | None = None)
 
 TRAINED_SETS = ("fresh", "fresh2", "explain")  # their dev halves train the model (their test halves never); 2.8: explain
 TRAINED_WHOLE = ("fresh3", "fresh4", "fresh5", "fresh6")  # 2.4: all of fresh3 trains the model (2.2/2.3's wholly unseen set); 2.5: fresh4 too (2.4's); 2.6: fresh5 (2.5's); 2.7: fresh6 (2.6's)
-HELD_OUT_WHOLE = ("fresh7", "fresh8", "fresh9", "fresh10")  # written while / after 2.7 was tuned (fresh9: after 2.8 was final; fresh10: while 2.9 was tuned, read after it was frozen), by authors who never saw it: the wholly unseen sets, never read by the trainer
+HELD_OUT_WHOLE = ("fresh7", "fresh8", "fresh9", "fresh10", "fresh11")  # written while / after 2.7 was tuned (fresh9: after 2.8 was final; fresh10: while 2.9 was tuned, read after it was frozen; fresh11: after 2.9 was final, hard cases weighted), by authors who never saw it: the wholly unseen sets, never read by the trainer
 
 
 def load_independent(half: str = "test", sets: tuple = INDEPENDENT_SETS) -> list[dict]:
