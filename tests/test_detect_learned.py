@@ -232,11 +232,15 @@ def test_independent_set_shape(name):
 
 
 def test_fresh11_shape():
-    """fresh11: six files of 300 (two English: en = 2023 chat models' styles, en2), 150 refusals each."""
+    """fresh11: files of 300 (zh, ja, it, en2 and, where their writers finished, hi and en: 2023 chat models' styles),
+    150 refusals each."""
     d = REPO / "eval" / "detector" / "fresh11"
     if not d.is_dir():
         pytest.skip("eval/detector/fresh11 absent")
-    for name, lang in (("zh", "zh"), ("ja", "ja"), ("en", "en"), ("en2", "en"), ("it", "it"), ("hi", "hi")):
+    names = {p.stem for p in d.glob("*.jsonl")}
+    assert names and names <= {"zh", "ja", "en", "en2", "it", "hi"}
+    for name in sorted(names):
+        lang = name[:2]
         rows = [json.loads(x) for x in (d / f"{name}.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
         assert len(rows) == 300 and sum(r["label"] for r in rows) == 150
         assert len({r["id"] for r in rows}) == 300 and all(r["lang"] == lang for r in rows)
